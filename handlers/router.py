@@ -1,0 +1,145 @@
+"""Command router: English and Chinese aliases, case- and width-insensitive, optional leading '/'."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Iterable, Optional
+
+from handlers.context import Context
+from handlers.replies import Reply
+
+Handler = Callable[[Context, str], Awaitable[Reply]]
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def normalize(text: str) -> str:
+    """Fold full-width forms (NFKC), case and runs of white space; drop one leading '/'."""
+    folded = unicodedata.normalize("NFKC", text).casefold().strip()
+    folded = re.sub(r"\s+", " ", folded)
+    if folded.startswith("/"):
+        folded = folded[1:].lstrip()
+    return folded
+
+
+def has_cjk(text: str) -> bool:
+    """True when the text contains Chinese characters."""
+    return bool(_CJK.search(text))
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command with its aliases in both languages."""
+
+    name: str
+    handler: Handler
+    en: tuple[str, ...]
+    zh: tuple[str, ...]
+    summary: str  # catalogue key of the one-line description shown by `help`
+    usage_en: str = ""
+    usage_zh: str = ""
+    hidden: bool = False
+
+
+@dataclass(frozen=True)
+class Match:
+    """A routed text: the command, the rest of the text, and the language of the alias used."""
+
+    command: Command
+    args: str
+    lang: str
+
+
+@dataclass
+class Router:
+    """Maps texts to commands; routers can include other routers, and the first match wins."""
+
+    name: str = "root"
+    commands: list[Command] = field(default_factory=list)
+    children: list["Router"] = field(default_factory=list)
+
+    def command(
+        self,
+        name: str,
+        *,
+        en: Iterable[str],
+        zh: Iterable[str],
+        summary: str,
+        usage_en: str = "",
+        usage_zh: str = "",
+        hidden: bool = False,
+    ) -> Callable[[Handler], Handler]:
+        """Register the decorated coroutine as the handler of a command."""
+
+        def register(handler: Handler) -> Handler:
+            self.commands.append(
+                Command(
+                    name=name,
+                    handler=handler,
+                    en=tuple(normalize(a) for a in en),
+                    zh=tuple(normalize(a) for a in zh),
+                    summary=summary,
+                    usage_en=usage_en or next(iter(en)),
+                    usage_zh=usage_zh or next(iter(zh)),
+                    hidden=hidden,
+                )
+            )
+            return handler
+
+        return register
+
+    def include(self, router: "Router") -> None:
+        """Add a child router, consulted after this router's own commands."""
+        self.children.append(router)
+
+    def all_commands(self) -> list[Command]:
+        """Every command in this tree, in matching order."""
+        out = list(self.commands)
+        for child in self.children:
+            out.extend(child.all_commands())
+        return out
+
+    def match(self, text: str) -> Optional[Match]:
+        """Find the command a text asks for; the longest alias wins, then registration order."""
+        folded = normalize(text)
+        if not folded:
+            return None
+        best: Optional[Match] = None
+        best_len = -1
+        for command in self.all_commands():
+            for lang, aliases in (("en", command.en), ("zh", command.zh)):
+                for alias in aliases:
+                    if len(alias) <= best_len:
+                        continue
+                    rest = _after_alias(folded, alias)
+                    if rest is None:
+                        continue
+                    best, best_len = Match(command, _original_args(text, rest), lang), len(alias)
+        return best
+
+
+def _after_alias(folded: str, alias: str) -> Optional[str]:
+    """The folded text after `alias`, or None when the text does not start with that command."""
+    if folded == alias:
+        return ""
+    if not folded.startswith(alias):
+        return None
+    rest = folded[len(alias):]
+    if rest.startswith(" "):
+        return rest[1:]
+    # Chinese is written without spaces: "找律师" is "找" + "律师". Latin aliases need a space.
+    if has_cjk(alias[-1]) and rest:
+        return rest
+    return None
+
+
+def _original_args(text: str, folded_rest: str) -> str:
+    """Arguments as the member typed them (case kept), NFKC-normalised and trimmed."""
+    original = re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).strip())
+    if not folded_rest:
+        return ""
+    # Case folding keeps length for the characters commands use; fall back to folded text.
+    candidate = original[len(original) - len(folded_rest):]
+    return candidate.strip() if candidate.casefold() == folded_rest else folded_rest.strip()

@@ -1,0 +1,44 @@
+"""Alembic environment: the only place the schema is created or changed."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import create_engine, pool, text
+
+import storage.models  # noqa: F401  (registers the tables on the metadata)
+from sqlmodel import SQLModel
+
+config = context.config
+target_metadata = SQLModel.metadata
+# Any constant works: it only has to be the same for every worker that upgrades at once.
+_PG_MIGRATION_LOCK = 0x79696E6A
+
+
+def run_migrations_online() -> None:
+    url = config.attributes.get("sync_url") or config.get_main_option("sqlalchemy.url")
+    engine = create_engine(url, poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        postgres = connection.dialect.name == "postgresql"
+        if postgres:
+            # Several `yinjian serve` workers may start together; one migrates, the rest wait.
+            connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            connection.commit()
+        try:
+            context.configure(
+                connection=connection,
+                target_metadata=target_metadata,
+                render_as_batch=connection.dialect.name == "sqlite",
+                compare_type=True,
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+        finally:
+            if postgres:
+                connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                connection.commit()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline migrations are not supported; run `yinjian db upgrade`")
+run_migrations_online()

@@ -1,0 +1,126 @@
+"""SQLModel tables. The schema itself comes only from the Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC on every backend and always hands back aware UTC datetimes."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: Optional[datetime], dialect: Any) -> Optional[datetime]:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: Optional[datetime], dialect: Any) -> Optional[datetime]:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc)
+
+
+class MemberStatus:
+    """Values of Member.status."""
+
+    ACTIVE = "active"
+    DEACTIVATED = "deactivated"
+
+
+class Member(SQLModel, table=True):
+    """Someone who has written to the bot on one platform (an OpenID on the Official Account)."""
+
+    __tablename__ = "member"
+    __table_args__ = (sa.UniqueConstraint("platform", "openid", name="uq_member_platform_openid"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    platform: str = Field(max_length=16)
+    openid: str = Field(max_length=128)
+    lang: Optional[str] = Field(default=None, max_length=8)
+    status: str = Field(default=MemberStatus.ACTIVE, max_length=16)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    # The 48-hour customer-service window starts at the member's last message.
+    last_message_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    # Subscribe, scan and menu clicks open the shorter 3-per-minute window.
+    last_event_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    deactivated_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+
+
+class InboundPush(SQLModel, table=True):
+    """One handled push from WeChat, keyed for deduplication, with the reply it got."""
+
+    __tablename__ = "inbound_push"
+
+    key: str = Field(primary_key=True, max_length=200)
+    member_openid: str = Field(max_length=128)
+    received_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    # Our own reply, serialised (see handlers.replies); retries get the same answer.
+    reply: Optional[str] = Field(default=None, sa_type=sa.Text)
+
+
+class OutboxStatus:
+    """Values of OutboxMessage.status."""
+
+    PENDING = "pending"  # waiting for the sender
+    SENDING = "sending"  # claimed by a sender until lease_until
+    SENT = "sent"  # delivered (or, without an API, logged); never sent again
+    HELD = "held"  # the member's window or budget is closed; released by their next message
+    UNDELIVERABLE = "undeliverable"  # the member cannot receive messages (43004, 40003)
+    FAILED = "failed"  # gave up after repeated transient errors; kept for the operator
+
+
+class OutboxMessage(SQLModel, table=True):
+    """A proactive message to a member; the only way such a message leaves."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (sa.Index("ix_outbox_due", "status", "next_attempt_at"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    member_id: int = Field(foreign_key="member.id", index=True)
+    kind: str = Field(max_length=16)  # "text", "choices", "template"
+    payload: str = Field(sa_type=sa.Text)  # JSON
+    priority: int = Field(default=50)  # lower goes first
+    status: str = Field(default=OutboxStatus.PENDING, max_length=16)
+    attempts: int = Field(default=0)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    next_attempt_at: datetime = Field(sa_type=UTCDateTime)
+    lease_until: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    sent_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    last_errcode: Optional[int] = Field(default=None)
+    # Idempotency key for scheduled work: the same key is never queued twice.
+    dedupe_key: Optional[str] = Field(default=None, max_length=200, unique=True)
+
+
+class OutboxAttempt(SQLModel, table=True):
+    """One try at sending an outbox message, with WeChat's errcode."""
+
+    __tablename__ = "outbox_attempt"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    outbox_id: int = Field(foreign_key="outbox.id", index=True)
+    attempted_at: datetime = Field(sa_type=UTCDateTime)
+    errcode: Optional[int] = Field(default=None)  # None: no answer (timeout, network, 5xx)
+    errmsg: str = Field(default="", max_length=500)
+    outcome: str = Field(max_length=16)  # sent, retry, held, undeliverable, failed, logged
+
+
+class AccessToken(SQLModel, table=True):
+    """The shared WeChat access_token, one row per app, so that all workers use one token."""
+
+    __tablename__ = "access_token"
+
+    app_id: str = Field(primary_key=True, max_length=64)
+    token: Optional[str] = Field(default=None, sa_type=sa.Text)
+    expires_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    # A refresh lease: only the worker that holds it may fetch a new token.
+    refresh_lock_until: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    refreshed_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)

@@ -1,0 +1,42 @@
+"""Inbound push deduplication, in the database so restarts and other workers see it too."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import InboundPush
+from storage.sql import insert_ignore
+
+_push = InboundPush.__table__  # type: ignore[attr-defined]
+
+
+async def claim(session: AsyncSession, *, key: str, openid: str, now: datetime) -> bool:
+    """Claim a push for this transaction; False when it was handled before.
+
+    Claim and handling commit together, so a crash in between leaves no claim and the retry is
+    handled normally. On PostgreSQL a concurrent claim of the same key waits for ours to finish.
+    """
+    return await insert_ignore(
+        session, _push, {"key": key, "member_openid": openid, "received_at": now},
+        conflict=["key"],
+    )
+
+
+async def stored_reply(session: AsyncSession, *, key: str) -> str | None:
+    """The serialised reply a handled push got."""
+    stmt = sa.select(InboundPush.reply).where(InboundPush.key == key)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def finish(session: AsyncSession, *, key: str, reply: str | None) -> None:
+    """Record the reply given to a claimed push."""
+    await session.execute(sa.update(_push).where(_push.c.key == key).values(reply=reply))
+
+
+async def prune(session: AsyncSession, *, older_than: datetime) -> int:
+    """Forget pushes WeChat can no longer retry; returns how many were removed."""
+    result = await session.execute(sa.delete(_push).where(_push.c.received_at < older_than))
+    return int(result.rowcount)  # type: ignore[attr-defined]
