@@ -19,5 +19,6 @@ TEXTS: dict[str, str] = {
     "lang_set": "From now on I will answer in English.",
     "lang_usage": "Usage: lang en (English) or lang zh (中文).",
     "error": "Sorry, something went wrong on our side. Please try again in a moment.",
+    "chat_banner": "Chatting with Yinjian as {user}. Type help for the commands, :q to leave.",
     "away_header": "While you were away:",
 }

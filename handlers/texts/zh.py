@@ -19,5 +19,6 @@ TEXTS: dict[str, str] = {
     "lang_set": "好的，之后我会用中文回复。",
     "lang_usage": "用法：语言 中文 或 语言 英文（lang zh / lang en）。",
     "error": "抱歉，我们这边出了点问题，请稍后再试。",
+    "chat_banner": "以 {user} 的身份与引荐对话。输入“帮助”查看命令，输入 :q 退出。",
     "away_header": "你不在时：",
 }

@@ -1,0 +1,88 @@
+"""`yinjian chat --user NAME`: the same database and handlers as `serve`, in a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from typing import Optional, TextIO
+
+from bot.clock import SystemClock
+from bot.config import Config
+from bot.dispatcher import Dispatcher
+from handlers.events import EventKind, InboundEvent
+from handlers.replies import as_plain_text, reply_from_json
+from handlers.texts import DEFAULT_LANG, text
+from storage import members, outbox_terminal
+from storage.db import Database
+
+PLATFORM = "chat"
+QUIT = {":q", ":quit", ":exit"}
+
+
+async def run_chat(config: Config, *, user: str, stdin: Optional[TextIO] = None,
+                   stdout: Optional[TextIO] = None) -> int:
+    """Read lines as the member's messages and print the bot's answers and queued messages."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    user = user.strip()
+    if not user:
+        print("yinjian: --user must not be empty", file=sys.stderr)
+        return 2
+    clock = SystemClock()
+    db = Database(config.storage.url)
+    await db.upgrade()
+    dispatcher = Dispatcher(db=db, clock=clock)
+    interactive = stdin.isatty()
+
+    def say(line: str) -> None:
+        stdout.write(line + "\n")
+        stdout.flush()
+
+    async def send(kind: EventKind, body: str = "") -> None:
+        event = InboundEvent(kind=kind, platform=PLATFORM, member_id=user,
+                             dedupe_key=f"chat:{user}:{uuid.uuid4().hex}", created_at=clock.now(),
+                             text=body, raw_type="text" if kind is EventKind.TEXT else "event")
+        reply = as_plain_text(await dispatcher.process(event))
+        if reply:
+            say(_indent("bot", reply))
+        await show_queued()
+
+    async def show_queued() -> None:
+        async with db.session() as session:
+            member = await members.get(session, platform=PLATFORM, openid=user)
+            if member is None or member.id is None:
+                return
+            queued = await outbox_terminal.queued_for(session, member_id=member.id)
+            for message in queued:
+                say(_indent("bot (message)", as_plain_text(reply_from_json(message.payload))))
+            await outbox_terminal.mark_shown(session, messages=queued, now=clock.now())
+
+    try:
+        async with db.session() as session:
+            known = await members.get(session, platform=PLATFORM, openid=user)
+            lang = known.lang if known and known.lang else DEFAULT_LANG
+        say(text(lang, "chat_banner", user=user))
+        if known is None:
+            await send(EventKind.SUBSCRIBE)  # a new member follows first, as on WeChat
+        else:
+            await show_queued()
+        while True:
+            if interactive:
+                stdout.write(f"{user}> ")
+                stdout.flush()
+            line = await asyncio.to_thread(stdin.readline)
+            if not line:
+                break
+            line = line.rstrip("\n")
+            if line.strip() in QUIT:
+                break
+            if line.strip():
+                await send(EventKind.TEXT, line)
+    finally:
+        await db.dispose()
+    return 0
+
+
+def _indent(who: str, body: str) -> str:
+    lines = body.splitlines() or [""]
+    return "\n".join([f"{who}: {lines[0]}"] + [" " * (len(who) + 2) + line for line in lines[1:]])

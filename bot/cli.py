@@ -1,0 +1,166 @@
+"""The `yinjian` command: serve, db upgrade, run-job, chat."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from datetime import datetime
+from typing import Optional, Sequence
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+
+from bot.config import Config, ConfigError, load_config
+
+log = logging.getLogger("yinjian")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="yinjian", description="Yinjian (引荐), the WeChat introductions bot.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", metavar="PATH", help="TOML config file (default: $YINJIAN_CONFIG, "
+                       "else the embedded default)")
+        p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+        return p
+
+    add("serve", "run the webhook, the outbox sender and the scheduler")
+    db = add("db", "database maintenance")
+    db.add_argument("action", choices=["upgrade"], help="upgrade: apply every migration, nothing else")
+    job = add("run-job", "run one scheduled job now, or as of a given time")
+    job.add_argument("name", help="the job's name (see `yinjian run-job --list`)", nargs="?")
+    job.add_argument("--at", metavar="ISO-8601-TIME", help="run as of this time (naive times are in "
+                     "scheduler.timezone)")
+    job.add_argument("--list", action="store_true", help="list the jobs")
+    chat = add("chat", "chat with the bot in the terminal as a member")
+    chat.add_argument("--user", required=True, metavar="NAME", help="the member to chat as")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # aiohttp's access log would print every push's query string, signatures included.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        config = load_config(args.config)
+        if args.command == "serve":
+            return _serve(config)
+        if args.command == "db":
+            return _db_upgrade(config)
+        if args.command == "run-job":
+            return asyncio.run(_run_job(config, args.name, args.at, args.list))
+        if args.command == "chat":
+            from bot.chat import run_chat
+
+            return asyncio.run(run_chat(config, user=args.user))
+    except ConfigError as exc:
+        print(f"yinjian: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"yinjian: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _describe(config: Config) -> None:
+    from storage.db import is_sqlite
+
+    log.info("configuration: %s", config.source)
+    log.info("storage: %s", "SQLite " + config.storage.url.split("///", 1)[-1]
+             if is_sqlite(config.storage.url) else "PostgreSQL")
+    if config.dev_token:
+        log.info("development token (set wechat.token for a real account): %s", config.wechat.token)
+    if not config.wechat.api_configured:
+        log.info("no WeChat API credentials: outbound messages are recorded in the database and the "
+                 "log instead of being sent")
+
+
+def _serve(config: Config) -> int:
+    from bot.app import create_app
+
+    _describe(config)
+    mode = "safe/compatible and plain" if config.wechat.encoding_aes_key else "plain"
+    log.info("webhook at http://%s:%d%s (%s mode); try it with `yinjian chat --user NAME`",
+             config.server.host, config.server.port, config.wechat.path, mode)
+    app = create_app(config)
+    try:
+        web.run_app(app, host=config.server.host, port=config.server.port, print=None,
+                    access_log=None)
+    except Exception as exc:
+        if _is_database_error(exc):
+            print(f"yinjian: cannot use the database at storage.url: {_short(exc)}", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+def _db_upgrade(config: Config) -> int:
+    from storage.db import Database
+
+    db = Database(config.storage.url)
+    try:
+        db.upgrade_sync()
+    except Exception as exc:
+        if _is_database_error(exc):
+            print(f"yinjian: cannot use the database at storage.url: {_short(exc)}", file=sys.stderr)
+            return 1
+        raise
+    log.info("database is at the newest schema")
+    return 0
+
+
+async def _run_job(config: Config, name: Optional[str], at: Optional[str], list_only: bool) -> int:
+    from bot.clock import SystemClock
+    from scheduler.jobs import JOBS
+    from scheduler.runner import JobScheduler
+    from storage.db import Database
+
+    if list_only or not name:
+        for spec in JOBS.values():
+            print(f"{spec.name}\t{spec.summary}")
+        return 0 if list_only else 2
+    if name not in JOBS:
+        print(f"yinjian: unknown job {name!r}; jobs: {', '.join(JOBS)}", file=sys.stderr)
+        return 2
+    when: Optional[datetime] = None
+    if at:
+        try:
+            when = datetime.fromisoformat(at)
+        except ValueError:
+            print(f"yinjian: --at must be an ISO-8601 time such as 2026-01-05T09:00+08:00, got {at!r}",
+                  file=sys.stderr)
+            return 2
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=ZoneInfo(config.scheduler.timezone))
+    db = Database(config.storage.url)
+    try:
+        await db.upgrade()
+        result = await JobScheduler(db=db, clock=SystemClock(), config=config).run(name, when)
+    finally:
+        await db.dispose()
+    print(f"{name}: {result}")
+    return 0
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    import sqlalchemy.exc
+
+    return isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or \
+        type(exc).__module__.startswith(("psycopg", "sqlite3"))
+
+
+def _short(exc: BaseException) -> str:
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

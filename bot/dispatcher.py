@@ -1,0 +1,185 @@
+"""Runs each push exactly once, one at a time per member, and answers within the deadline.
+
+A push is claimed, its member recorded, its handler run and its reply stored in ONE
+transaction: a crash anywhere before the commit leaves nothing behind, and WeChat's retry is
+handled as if it were the first delivery. A retry that arrives while the first delivery is still
+running waits for that result instead of running the handler again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Optional
+
+from bot.clock import Clock
+from handlers import core
+from handlers.context import Context
+from handlers.events import EventKind, InboundEvent
+from handlers.replies import NoReply, Reply, TextReply, reply_from_json, reply_to_json
+from handlers.texts import DEFAULT_LANG, text
+from storage import members, outbox, pushes
+from storage.db import Database
+
+log = logging.getLogger(__name__)
+
+# WeChat gives up after 5 s; answer by 4.5 s, and stop choosing a passive reply at 4 s so the
+# commit that stores it still fits.
+ANSWER_DEADLINE = 4.5
+PASSIVE_CUTOFF = 4.0
+
+
+@dataclass
+class _Delivery:
+    """One push being handled in this process."""
+
+    event: InboundEvent
+    started: float
+    result: "asyncio.Future[Reply]"
+    answered_elsewhere: bool = False  # the webhook gave up waiting and answered `success`
+    passive: bool = False  # the reply went into the HTTP answer (not the outbox)
+    task: Optional["asyncio.Task[None]"] = None
+
+
+@dataclass
+class Dispatcher:
+    """Deduplicates, serialises per member, runs handlers and enforces the answer deadline."""
+
+    db: Database
+    clock: Clock
+    answer_deadline: float = ANSWER_DEADLINE
+    passive_cutoff: float = PASSIVE_CUTOFF
+    on_outbox: Callable[[], None] = lambda: None
+    handler: Callable[[Context], Awaitable[Reply]] = core.handle
+    _inflight: dict[str, _Delivery] = field(default_factory=dict)
+    _member_locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+    _lock_users: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    async def answer(self, event: InboundEvent) -> Reply:
+        """The reply to put into the HTTP answer; NoReply when the deadline came first."""
+        loop = asyncio.get_running_loop()
+        delivery = self._inflight.get(event.dedupe_key)
+        if delivery is None:
+            delivery = _Delivery(event=event, started=loop.time(), result=loop.create_future())
+            self._inflight[event.dedupe_key] = delivery
+            delivery.task = asyncio.create_task(self._run(delivery))
+        else:
+            log.info("retry of %s joins the delivery in progress", event.dedupe_key)
+        remaining = self.answer_deadline - (loop.time() - delivery.started)
+        try:
+            return await asyncio.wait_for(asyncio.shield(delivery.result), max(remaining, 0.0))
+        except TimeoutError:
+            delivery.answered_elsewhere = True
+            log.warning("push %s is slow; answered success, its reply will go through the outbox",
+                        event.dedupe_key)
+            return NoReply()
+
+    async def process(self, event: InboundEvent) -> Reply:
+        """Handle one event with no deadline (the terminal chat and jobs use this)."""
+        loop = asyncio.get_running_loop()
+        delivery = _Delivery(event=event, started=loop.time(), result=loop.create_future())
+        self._inflight[event.dedupe_key] = delivery
+        await self._run(delivery, deadline=False)
+        return delivery.result.result()
+
+    async def drain(self) -> None:
+        """Wait for every delivery still running (on shutdown)."""
+        tasks = [d.task for d in self._inflight.values() if d.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, delivery: _Delivery, *, deadline: bool = True) -> None:
+        event = delivery.event
+        reply: Reply = NoReply()
+        try:
+            async with self._member_lock(event):
+                reply = await self._handle_once(delivery, deadline=deadline)
+        except Exception:
+            log.exception("push %s failed outside its handler", event.dedupe_key)
+        finally:
+            self._inflight.pop(event.dedupe_key, None)
+            if not delivery.result.done():
+                delivery.result.set_result(reply)
+
+    async def _handle_once(self, delivery: _Delivery, *, deadline: bool) -> Reply:
+        event, now = delivery.event, self.clock.now()
+        member_lang = DEFAULT_LANG
+        try:
+            async with self.db.session() as session:
+                if not await pushes.claim(session, key=event.dedupe_key, openid=event.member_id, now=now):
+                    log.info("duplicate push %s answered from its stored result", event.dedupe_key)
+                    return reply_from_json(await pushes.stored_reply(session, key=event.dedupe_key))
+                member = await members.touch(
+                    session, platform=event.platform, openid=event.member_id, now=now,
+                    user_message=event.is_user_message,
+                    event=event.kind in {EventKind.SUBSCRIBE, EventKind.SCAN, EventKind.CLICK},
+                )
+                member_lang = member.lang or DEFAULT_LANG
+                if event.is_user_message:
+                    await outbox.release_held(session, member_id=member.id or 0, now=now)
+                ctx = Context(event=event, member=member, session=session, now=now)
+                reply = await self.handler(ctx)
+                late = deadline and (delivery.answered_elsewhere or self._elapsed(delivery) > self.passive_cutoff)
+                if late:
+                    await outbox.enqueue(session, member_id=member.id or 0, reply=reply, now=now,
+                                         priority=outbox.PRIORITY_REPLY)
+                    await pushes.finish(session, key=event.dedupe_key, reply=reply_to_json(NoReply()))
+                else:
+                    await pushes.finish(session, key=event.dedupe_key, reply=reply_to_json(reply))
+                delivery.passive = not late
+        except Exception:
+            log.exception("handler failed for push %s (%s)", event.dedupe_key, event.raw_type or event.kind)
+            reply = TextReply(text(member_lang, "error"))
+            await self._store_failure(event, reply)
+            return reply
+        if late:
+            self.on_outbox()
+            return NoReply()
+        if delivery.answered_elsewhere and not isinstance(reply, NoReply):
+            # The commit itself outlived the deadline: the member never saw the passive reply.
+            await self._enqueue_late(event, reply)
+        return reply
+
+    def _elapsed(self, delivery: _Delivery) -> float:
+        return asyncio.get_running_loop().time() - delivery.started
+
+    async def _store_failure(self, event: InboundEvent, reply: Reply) -> None:
+        """A failed handler's push still counts as handled, so a retry gets the same apology."""
+        try:
+            async with self.db.session() as session:
+                if await pushes.claim(session, key=event.dedupe_key, openid=event.member_id, now=self.clock.now()):
+                    await pushes.finish(session, key=event.dedupe_key, reply=reply_to_json(reply))
+        except Exception:
+            log.exception("could not record failed push %s", event.dedupe_key)
+
+    async def _enqueue_late(self, event: InboundEvent, reply: Reply) -> None:
+        async with self.db.session() as session:
+            member = await members.get(session, platform=event.platform, openid=event.member_id)
+            if member is not None and member.id is not None:
+                await outbox.enqueue(session, member_id=member.id, reply=reply, now=self.clock.now(),
+                                     priority=outbox.PRIORITY_REPLY)
+                await pushes.finish(session, key=event.dedupe_key, reply=reply_to_json(NoReply()))
+        self.on_outbox()
+
+    def _member_lock(self, event: InboundEvent) -> "_MemberLock":
+        return _MemberLock(self, (event.platform, event.member_id))
+
+
+class _MemberLock:
+    """An in-process lock per member that is forgotten when nobody holds or waits for it."""
+
+    def __init__(self, dispatcher: Dispatcher, key: tuple[str, str]) -> None:
+        self.d, self.key = dispatcher, key
+
+    async def __aenter__(self) -> None:
+        lock = self.d._member_locks.setdefault(self.key, asyncio.Lock())
+        self.d._lock_users[self.key] = self.d._lock_users.get(self.key, 0) + 1
+        await lock.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.d._member_locks[self.key].release()
+        self.d._lock_users[self.key] -= 1
+        if self.d._lock_users[self.key] == 0:
+            del self.d._lock_users[self.key]
+            del self.d._member_locks[self.key]

@@ -1,0 +1,185 @@
+"""Reading WeChat Official Account pushes with wechatpy: signatures, crypto, parsing, replies.
+
+wechatpy does the crypto, the XML parsing and the reply rendering. Two gaps are closed here
+(WECHAT.md §1.5, §9): signatures are compared in constant time, and timestamps are checked
+for freshness. XML with a DTD or entity declarations is refused before any parser sees it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import struct
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Mapping
+from xml.parsers.expat import ExpatError
+
+import xmltodict
+from wechatpy import parse_message
+from wechatpy.crypto import WeChatCrypto
+from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
+from wechatpy.replies import TextReply as WeChatTextReply
+from wechatpy.utils import WeChatSigner
+
+from bot.config import WeChatConfig
+from handlers.events import EventKind, InboundEvent
+from handlers.replies import NoReply, Reply, as_plain_text
+
+PLATFORM = "oa"
+_DOCTYPE = re.compile(rb"<!\s*(doctype|entity)", re.IGNORECASE)
+
+
+class PushRejected(Exception):
+    """A push that is refused with an HTTP status and a short reason for the log."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def sign(*parts: str) -> str:
+    """WeChat's signature: SHA-1 over the sorted, concatenated parts (wechatpy's signer)."""
+    signer = WeChatSigner()
+    signer.add_data(*parts)
+    return str(signer.signature)
+
+
+def _check(expected: str, given: str | None, what: str) -> None:
+    if not given or not hmac.compare_digest(expected.encode(), given.lower().encode()):
+        raise PushRejected(403, f"bad {what}")
+
+
+@dataclass(frozen=True)
+class VerifiedPush:
+    """A push whose signature and freshness were checked, decrypted and parsed."""
+
+    event: InboundEvent
+    encrypted: bool
+    nonce: str
+    to_user: str
+
+
+class OfficialAccountPushes:
+    """Verifies, decrypts and parses pushes for one Official Account, and renders replies."""
+
+    def __init__(self, config: WeChatConfig) -> None:
+        self.config = config
+        self.crypto = (
+            WeChatCrypto(config.token, config.encoding_aes_key, config.app_id)
+            if config.encoding_aes_key else None
+        )
+
+    def _check_query(self, query: Mapping[str, str], now: float) -> tuple[str, str]:
+        timestamp, nonce = query.get("timestamp", ""), query.get("nonce", "")
+        if not timestamp.isdigit() or not nonce or len(nonce) > 64:
+            raise PushRejected(400, "missing or malformed timestamp/nonce")
+        _check(sign(self.config.token, timestamp, nonce), query.get("signature"), "signature")
+        skew = self.config.max_clock_skew_seconds
+        if skew and abs(now - int(timestamp)) > skew:
+            raise PushRejected(403, "stale timestamp")
+        return timestamp, nonce
+
+    def verify_url(self, query: Mapping[str, str], *, now: float | None = None) -> str:
+        """GET URL verification: the echostr to send back."""
+        self._check_query(query, time.time() if now is None else now)
+        echostr = query.get("echostr")
+        if echostr is None:
+            raise PushRejected(400, "missing echostr")
+        return echostr
+
+    def read(self, query: Mapping[str, str], body: bytes, *, now: float | None = None) -> VerifiedPush:
+        """Verify and parse a POSTed push in plain, compatible or safe mode."""
+        timestamp, nonce = self._check_query(query, time.time() if now is None else now)
+        xml = _parse_xml(body)
+        encrypted = query.get("encrypt_type", "raw").lower() == "aes"
+        if encrypted:
+            if self.crypto is None:
+                raise PushRejected(400, "encrypted push but wechat.encoding_aes_key is not set")
+            encrypt = xml.get("Encrypt")
+            if not isinstance(encrypt, str) or not encrypt:
+                raise PushRejected(400, "encrypted push without Encrypt")
+            _check(sign(self.config.token, timestamp, nonce, encrypt),
+                   query.get("msg_signature"), "msg_signature")
+            try:
+                inner = self.crypto.decrypt_message({"Encrypt": encrypt}, query["msg_signature"].lower(),
+                                                    timestamp, nonce)
+            except InvalidAppIdException:
+                raise PushRejected(403, "ciphertext for another appid") from None
+            except InvalidSignatureException:
+                raise PushRejected(403, "bad msg_signature") from None
+            except (ValueError, TypeError, IndexError, struct.error):
+                raise PushRejected(400, "undecryptable Encrypt") from None
+            raw = inner.encode() if isinstance(inner, str) else inner
+            xml = _parse_xml(raw)
+            text = raw.decode("utf-8")
+        else:
+            text = body.decode("utf-8")
+        return VerifiedPush(event=_to_event(text, xml), encrypted=encrypted, nonce=nonce,
+                            to_user=str(xml.get("ToUserName") or ""))
+
+    def render(self, push: VerifiedPush, reply: Reply) -> str:
+        """The HTTP body that answers a push: `success`, or a (possibly encrypted) XML reply."""
+        if isinstance(reply, NoReply):
+            return "success"
+        xml = WeChatTextReply(
+            source=push.to_user, target=push.event.member_id, content=as_plain_text(reply)
+        ).render()
+        if push.encrypted and self.crypto is not None:
+            return str(self.crypto.encrypt_message(xml, push.nonce))
+        return str(xml)
+
+
+def _parse_xml(body: bytes) -> dict[str, Any]:
+    if _DOCTYPE.search(body):
+        raise PushRejected(400, "XML with DTD or entity declarations")
+    try:
+        doc = xmltodict.parse(body.decode("utf-8"), disable_entities=True)
+    except (ExpatError, UnicodeDecodeError, ValueError):
+        raise PushRejected(400, "malformed XML") from None
+    root = doc.get("xml") if isinstance(doc, dict) else None
+    if not isinstance(root, dict):
+        raise PushRejected(400, "XML without an <xml> root")
+    return root
+
+
+def _to_event(text: str, xml: Mapping[str, Any]) -> InboundEvent:
+    """wechatpy's parsed message -> our own event."""
+    if not isinstance(xml.get("MsgType"), str) or not isinstance(xml.get("FromUserName"), str):
+        raise PushRejected(400, "push without MsgType or FromUserName")
+    try:
+        msg = parse_message(text)
+        created = int(xml.get("CreateTime") or 0)
+    except (ExpatError, KeyError, ValueError, TypeError):
+        raise PushRejected(400, "unparseable push") from None
+    data: Mapping[str, Any] = msg._data
+    openid = str(msg.source)
+    msg_id = str(data.get("MsgId") or "")
+    event_name = str(data.get("Event") or "")
+    key = f"msg:{msg_id}" if msg_id and msg_id != "0" else f"evt:{openid}:{created}:{event_name}"
+    common: dict[str, Any] = dict(
+        platform=PLATFORM, member_id=openid, dedupe_key=key,
+        created_at=datetime.fromtimestamp(created, timezone.utc), raw_type=str(msg.type),
+    )
+    kind = EventKind.OTHER
+    extra: dict[str, str] = {}
+    if msg.type == "text":
+        kind = EventKind.TEXT
+        extra = {"text": str(msg.content or ""), "choice_id": str(data.get("bizmsgmenuid") or "")}
+    elif msg.type == "voice" and getattr(msg, "recognition", None):
+        # With speech recognition on, a spoken command is as good as a typed one.
+        kind, extra = EventKind.TEXT, {"text": str(msg.recognition)}
+    elif msg.type == "event":
+        event = str(msg.event)
+        if event in {"subscribe", "subscribe_scan"}:
+            kind = EventKind.SUBSCRIBE
+            extra = {"scene": str(data.get("EventKey") or "") if event == "subscribe_scan" else ""}
+        elif event == "unsubscribe":
+            kind = EventKind.UNSUBSCRIBE
+        elif event == "scan":
+            kind, extra = EventKind.SCAN, {"scene": str(data.get("EventKey") or "")}
+        elif event == "click":
+            kind, extra = EventKind.CLICK, {"key": str(data.get("EventKey") or "")}
+    return InboundEvent(kind=kind, **common, **extra)

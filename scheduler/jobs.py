@@ -1,0 +1,56 @@
+"""Scheduled jobs: plain async functions of (dependencies, now), registered by name."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Awaitable, Callable
+
+from bot.config import Config
+from storage import pushes
+from storage.db import Database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobDeps:
+    """What a job may use. `now` is passed separately so a job can run "as of" any time."""
+
+    db: Database
+    config: Config
+
+
+JobFunc = Callable[[JobDeps, datetime], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A named job and when `serve` runs it (cron fields, in the scheduler's time zone)."""
+
+    name: str
+    func: JobFunc
+    cron: dict[str, str]
+    summary: str
+
+
+# WeChat retries a push for well under a minute; three days of keys is a generous margin.
+PUSH_KEY_RETENTION = timedelta(days=3)
+
+
+async def prune_pushes(deps: JobDeps, now: datetime) -> str:
+    """Forget deduplication keys of pushes that WeChat can no longer retry."""
+    async with deps.db.session() as session:
+        removed = await pushes.prune(session, older_than=now - PUSH_KEY_RETENTION)
+    return f"removed {removed} push keys older than {PUSH_KEY_RETENTION.days} days"
+
+
+# Off the :00 and :30 marks, when everyone else's jobs run (WECHAT.md §8.3).
+JOBS: dict[str, JobSpec] = {
+    spec.name: spec
+    for spec in [
+        JobSpec("prune-pushes", prune_pushes, {"hour": "4", "minute": "17"},
+                "forget old push deduplication keys"),
+    ]
+}

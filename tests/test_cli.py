@@ -1,0 +1,232 @@
+"""The `yinjian` command as an operator runs it: config errors, db upgrade, run-job, serve, chat."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import aiohttp
+import pytest
+import sqlalchemy as sa
+
+from bot.config import ConfigError, load_config
+from storage import pushes
+from storage.db import Database
+from storage.models import InboundPush
+from tests.fakes.wechat_server import FakeWeChatServer, text_xml
+
+YINJIAN = str(Path(sys.executable).with_name("yinjian"))
+
+
+def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+        stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("YINJIAN_")}
+    full_env.update(env or {})
+    return subprocess.run([YINJIAN, *args], env=full_env, cwd=cwd, input=stdin, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("toml, key", [
+    ('[wechat]\nencoding_aes_key = "tooshort"\napp_id = "wx1"\n', "wechat.encoding_aes_key"),
+    ('[wechat]\ntokn = "abc"\n', "wechat.tokn"),
+    ('[server]\nport = "eighty"\n', "server.port"),
+    ('[server]\nport = 70000\n', "server.port"),
+    ('[scheduler]\nenabled = "yes"\n', "scheduler.enabled"),
+    ('[scheduler]\ntimezone = "Mars/Olympus"\n', "scheduler.timezone"),
+    ('[storage]\nurl = "mysql://x"\n', "storage.url"),
+    ('[nope]\na = 1\n', "[nope]"),
+    ('[wechat\n', "not valid TOML"),
+])
+def test_invalid_config_is_one_clear_line(tmp_path: Path, toml: str, key: str) -> None:
+    result = run("db", "upgrade", "--config", str(write(tmp_path / "c.toml", toml)))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and "Traceback" not in result.stderr
+
+
+def test_environment_overrides_and_errors(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path / "c.toml", '[server]\nport = 9000\n'),
+                      env={"YINJIAN_SERVER__PORT": "9100", "YINJIAN_WECHAT__APP_SECRET": "s3cret",
+                           "YINJIAN_WECHAT__APP_ID": "wx1", "YINJIAN_SCHEDULER__ENABLED": "off"})
+    assert cfg.server.port == 9100 and cfg.wechat.app_secret == "s3cret" and not cfg.scheduler.enabled
+    with pytest.raises(ConfigError, match="wechat.encoding_aes_key"):
+        load_config(None, env={"YINJIAN_WECHAT__ENCODING_AES_KEY": "x" * 42, "YINJIAN_WECHAT__APP_ID": "wx"})
+    with pytest.raises(ConfigError, match="wechat.colour"):
+        load_config(None, env={"YINJIAN_WECHAT__COLOUR": "red"})
+    result = run("db", "upgrade", env={"YINJIAN_SERVER__PORT": "many", "YINJIAN_STORAGE__URL":
+                                       f"sqlite:///{tmp_path / 'x.db'}"})
+    assert result.returncode == 2 and "server.port" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_file_from_environment_variable(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.toml", '[wechat]\npath = "/hook"\n')
+    assert load_config(None, env={"YINJIAN_CONFIG": str(path)}).wechat.path == "/hook"
+
+
+def test_example_config_documents_and_loads_every_key() -> None:
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "config.example.toml", env={})
+    text = (root / "config.example.toml").read_text(encoding="utf-8")
+    from dataclasses import fields
+
+    for section in ("server", "storage", "wechat", "scheduler"):
+        for f in fields(getattr(cfg, section)):
+            assert re.search(rf"^{f.name} = ", text, re.M), f"{section}.{f.name} is not documented"
+
+
+def test_no_config_is_the_embedded_default() -> None:
+    cfg = load_config(None, env={})
+    assert cfg.storage.url == "sqlite:///./yinjian.db" and cfg.dev_token and cfg.wechat.token
+    assert not cfg.wechat.api_configured
+
+
+# --- db upgrade and run-job --------------------------------------------------------------------
+
+def test_db_upgrade_creates_the_schema(db_url: str) -> None:
+    result = run("db", "upgrade", env={"YINJIAN_STORAGE__URL": db_url})
+    assert result.returncode == 0, result.stderr
+    engine = sa.create_engine(Database(db_url).sync_url)
+    try:
+        assert "outbox" in sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+async def test_run_job_as_of_a_time(db_url: str) -> None:
+    db = Database(db_url)
+    await db.upgrade()
+    async with db.session() as s:
+        await pushes.claim(s, key="old", openid="o", now=datetime(2026, 1, 1, tzinfo=timezone.utc))
+        await pushes.claim(s, key="new", openid="o", now=datetime(2026, 1, 9, tzinfo=timezone.utc))
+    result = await asyncio.to_thread(run, "run-job", "prune-pushes", "--at", "2026-01-10T08:00:00+08:00",
+                                     env={"YINJIAN_STORAGE__URL": db_url})
+    assert result.returncode == 0, result.stderr
+    assert "removed 1" in result.stdout
+    async with db.session() as s:
+        keys = (await s.execute(sa.select(InboundPush.key))).scalars().all()
+    await db.dispose()
+    assert keys == ["new"]
+
+
+def test_run_job_errors(tmp_path: Path) -> None:
+    env = {"YINJIAN_STORAGE__URL": f"sqlite:///{tmp_path / 'j.db'}"}
+    unknown = run("run-job", "no-such-job", env=env)
+    assert unknown.returncode == 2 and "prune-pushes" in unknown.stderr
+    bad_time = run("run-job", "prune-pushes", "--at", "yesterday", env=env)
+    assert bad_time.returncode == 2 and "ISO-8601" in bad_time.stderr
+    listed = run("run-job", "--list", env=env)
+    assert listed.returncode == 0 and "prune-pushes" in listed.stdout
+
+
+def test_unreachable_database_is_one_line(tmp_path: Path) -> None:
+    result = run("db", "upgrade", env={"YINJIAN_STORAGE__URL": "postgresql://127.0.0.1:1/none"})
+    assert result.returncode == 1 and "storage.url" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- serve ------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _wait_healthy(port: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("yinjian serve did not become healthy")
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 0, err
+    return err
+
+
+async def test_serve_on_the_embedded_default(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YINJIAN_")}
+    env["YINJIAN_SERVER__PORT"] = str(port)
+    proc = subprocess.Popen([YINJIAN, "serve"], cwd=tmp_path, env=env, stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        await _wait_healthy(port, proc)
+        assert (tmp_path / "yinjian.db").exists()
+    finally:
+        log = _stop(proc)
+    token = re.search(r"development token[^:]*: (\w+)", log)
+    assert token, log
+    assert "recorded in the database and the log" in log
+
+
+async def test_serve_answers_a_safe_mode_push(db_url: str, tmp_path: Path) -> None:
+    port = _free_port()
+    config = write(tmp_path / "c.toml", f"""
+[server]
+port = {port}
+[storage]
+url = "{db_url}"
+[wechat]
+token = "servetoken1"
+app_id = "wx0123456789abcdef"
+encoding_aes_key = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+[scheduler]
+enabled = true
+""")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YINJIAN_")}
+    proc = subprocess.Popen([YINJIAN, "serve", "--config", str(config)], env=env, text=True,
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        await _wait_healthy(port, proc)
+        fake = FakeWeChatServer(url=f"http://127.0.0.1:{port}/wechat", token="servetoken1",
+                                app_id="wx0123456789abcdef",
+                                aes_key="abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG", mode="safe")
+        answer = await fake.push(text_xml("o_serve", "帮助", fake.next_msg_id()))
+        assert answer.status == 200 and (answer.content or "").startswith("可用命令")
+    finally:
+        log = _stop(proc)
+    assert "scheduler started with jobs: prune-pushes" in log
+    assert "servetoken1" not in log and "帮助" not in log  # no secret, no member text at INFO
+
+
+# --- chat ---------------------------------------------------------------------------------------
+
+def test_chat_in_the_terminal(tmp_path: Path) -> None:
+    env = {"YINJIAN_STORAGE__URL": f"sqlite:///{tmp_path / 'chat.db'}"}
+    first = run("chat", "--user", "alice", env=env, stdin="help\nlang en\nhelp\nblah\n:q\n")
+    assert first.returncode == 0, first.stderr
+    out = first.stdout
+    assert "欢迎来到引荐" in out  # a new member is welcomed, as after following on WeChat
+    assert "Commands" in out and "From now on I will answer in English." in out
+    assert "did not understand “blah”" in out
+    again = run("chat", "--user", "alice", env=env, stdin="help\n")
+    assert "Chatting with Yinjian as alice" in again.stdout and "欢迎" not in again.stdout

@@ -1,0 +1,368 @@
+"""The webhook, driven by the fake WeChat server over real HTTP, on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import AsyncIterator
+
+import aiohttp
+import pytest
+import sqlalchemy as sa
+
+from handlers import core
+from handlers.context import Context
+from handlers.replies import Reply, TextReply
+from storage.models import InboundPush, Member, OutboxMessage
+from tests.botkit import RunningBot, make_config, running_bot
+from tests.fakes.wechat_server import event_xml, signature, text_xml
+
+MODES = ["plain", "compat", "safe"]
+
+
+@pytest.fixture(params=MODES)
+async def bot(request: pytest.FixtureRequest, db_url: str) -> AsyncIterator[RunningBot]:
+    """The bot in each encryption mode."""
+    async with running_bot(make_config(db_url), mode=request.param) as running:
+        yield running
+
+
+async def say(bot: RunningBot, openid: str, content: str) -> str:
+    answer = await bot.wechat.push(text_xml(openid, content, bot.wechat.next_msg_id()))
+    assert answer.status == 200, answer.body
+    assert answer.content is not None, f"no text reply to {content!r}: {answer.body!r}"
+    return answer.content
+
+
+async def member(bot: RunningBot, openid: str) -> Member | None:
+    async with bot.services.db.session() as s:
+        return (await s.execute(sa.select(Member).where(Member.openid == openid))).scalar_one_or_none()
+
+
+# --- verification and modes ---------------------------------------------------------------
+
+async def test_url_verification_returns_echostr(bot: RunningBot) -> None:
+    assert await bot.wechat.verify_url("8234712938") == (200, "8234712938")
+
+
+async def test_url_verification_refuses_bad_signature_and_stale_time(bot: RunningBot) -> None:
+    ts = str(int(bot.services.clock.now().timestamp()))
+    async with aiohttp.ClientSession() as s:
+        async with s.get(bot.wechat.url, params={"signature": "x" * 40, "timestamp": ts, "nonce": "1",
+                                                 "echostr": "e"}) as resp:
+            assert resp.status == 403
+        old = str(int(ts) - 301)
+        good = signature(bot.wechat.token, old, "1")
+        async with s.get(bot.wechat.url, params={"signature": good, "timestamp": old, "nonce": "1",
+                                                 "echostr": "e"}) as resp:
+            assert resp.status == 403
+
+
+async def test_help_in_every_mode(bot: RunningBot) -> None:
+    reply = await say(bot, "o_help", "help")
+    assert "Commands" in reply and "lang en|zh" in reply
+    if bot.wechat.mode != "plain":
+        assert "<Encrypt>" in (await bot.wechat.push(text_xml("o_help", "help", bot.wechat.next_msg_id()))).body
+
+
+async def test_healthz(bot: RunningBot) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(bot.base_url + "/healthz") as resp:
+            assert resp.status == 200 and (await resp.json())["status"] == "ok"
+
+
+# --- router and language ------------------------------------------------------------------
+
+async def test_router_variants_are_one_command(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = make_config(f"sqlite:///{tmp_path / 'r.db'}")
+    async with running_bot(cfg) as bot:
+        en = await say(bot, "o_en", "ＨＥＬＰ")
+        assert en.startswith("Commands")
+        assert await say(bot, "o_en", "/help") == en
+        assert await say(bot, "o_en", "  Help ") == en
+        zh = await say(bot, "o_zh", "帮助")
+        assert zh.startswith("可用命令")
+        assert await say(bot, "o_zh", "／帮助") == zh
+
+
+async def test_language_rules(db_url: str) -> None:
+    async with running_bot(make_config(db_url), mode="plain") as bot:
+        # Chinese by default, even for text that is no command.
+        assert "帮助" in await say(bot, "o1", "hello there")
+        # The first command decides: English.
+        assert (await say(bot, "o1", "help")).startswith("Commands")
+        assert "help" in await say(bot, "o1", "what is this")
+        assert (await say(bot, "o1", "帮助")).startswith("Commands")  # stays English
+        assert await say(bot, "o1", "lang zh") == "好的，之后我会用中文回复。"
+        assert (await say(bot, "o1", "help")).startswith("可用命令")
+        assert "English" in await say(bot, "o1", "语言 英文")
+        assert (await member(bot, "o1")).lang == "en"  # type: ignore[union-attr]
+        assert "lang en" in await say(bot, "o1", "lang klingon")
+
+
+async def test_unknown_text_gets_a_helpful_answer(bot: RunningBot) -> None:
+    reply = await say(bot, "o_unknown", "你好呀")
+    assert "你好呀" in reply and "帮助" in reply
+
+
+async def test_non_text_message_is_answered(bot: RunningBot) -> None:
+    image = ("<xml><ToUserName><![CDATA[gh]]></ToUserName><FromUserName><![CDATA[o_img]]></FromUserName>"
+             f"<CreateTime>{int(bot.services.clock.now().timestamp())}</CreateTime><MsgType><![CDATA[image]]>"
+             "</MsgType><PicUrl><![CDATA[http://x/y.jpg]]></PicUrl><MediaId><![CDATA[m]]></MediaId>"
+             f"<MsgId>{bot.wechat.next_msg_id()}</MsgId></xml>")
+    answer = await bot.wechat.push(image)
+    assert answer.status == 200 and "文字" in (answer.content or "")
+
+
+# --- events and members -------------------------------------------------------------------
+
+async def test_subscribe_welcome_unsubscribe_and_return(bot: RunningBot) -> None:
+    ts = int(bot.services.clock.now().timestamp())
+    welcome = await bot.wechat.push(event_xml("o_sub", "subscribe", create_time=ts))
+    assert "引荐" in (welcome.content or "") and "帮助" in (welcome.content or "")
+    m = await member(bot, "o_sub")
+    assert m is not None and m.status == "active" and m.last_event_at is not None
+    gone = await bot.wechat.push(event_xml("o_sub", "unsubscribe", create_time=ts + 1))
+    assert gone.status == 200 and gone.body == "success"
+    m = await member(bot, "o_sub")
+    assert m is not None and m.status == "deactivated" and m.deactivated_at is not None
+    back = await bot.wechat.push(event_xml("o_sub", "subscribe", create_time=ts + 2))
+    assert "欢迎回到" in (back.content or "")
+    assert (await member(bot, "o_sub")).status == "active"  # type: ignore[union-attr]
+
+
+async def test_member_recorded_on_first_push_with_window_start(bot: RunningBot) -> None:
+    assert await member(bot, "o_new") is None
+    await say(bot, "o_new", "help")
+    m = await member(bot, "o_new")
+    assert m is not None and m.last_message_at is not None
+    assert abs((m.last_message_at - bot.services.clock.now()).total_seconds()) < 60
+
+
+async def test_menu_click_runs_its_command(bot: RunningBot) -> None:
+    answer = await bot.wechat.push(event_xml("o_click", "CLICK", key="help"))
+    assert "Commands" in (answer.content or "")
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+async def _good_push_still_works(bot: RunningBot) -> None:
+    assert "Commands" in await say(bot, "o_after", "help")
+
+
+async def _post(bot: RunningBot, query: dict[str, str], body: str | bytes) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(bot.wechat.url, params=query, data=body) as resp:
+            return resp.status, await resp.text()
+
+
+async def test_wrong_signature(bot: RunningBot) -> None:
+    query, body = bot.wechat.sign_query(text_xml("o", "help", bot.wechat.next_msg_id()))
+    query["signature"] = "0" * 40
+    assert (await _post(bot, query, body))[0] == 403
+    await _good_push_still_works(bot)
+
+
+async def test_wrong_msg_signature(bot: RunningBot) -> None:
+    if bot.wechat.mode == "plain":
+        pytest.skip("plain mode carries no msg_signature")
+    query, body = bot.wechat.sign_query(text_xml("o", "help", bot.wechat.next_msg_id()))
+    query["msg_signature"] = "f" * 40
+    assert (await _post(bot, query, body))[0] == 403
+    await _good_push_still_works(bot)
+
+
+async def test_stale_and_future_timestamps(bot: RunningBot) -> None:
+    now = int(bot.services.clock.now().timestamp())
+    for ts in (now - 301, now + 301):
+        answer = await bot.wechat.push(text_xml("o", "help", bot.wechat.next_msg_id()), timestamp=ts)
+        assert answer.status == 403
+    await _good_push_still_works(bot)
+
+
+async def test_missing_parameters(bot: RunningBot) -> None:
+    query, body = bot.wechat.sign_query(text_xml("o", "help", bot.wechat.next_msg_id()))
+    for name in ("signature", "timestamp", "nonce"):
+        partial = {k: v for k, v in query.items() if k != name}
+        status, _ = await _post(bot, partial, body)
+        assert status in (400, 403)
+    await _good_push_still_works(bot)
+
+
+async def test_oversized_body(bot: RunningBot) -> None:
+    big = text_xml("o", "x" * (70 * 1024), bot.wechat.next_msg_id())
+    query, body = bot.wechat.sign_query(big)
+    assert (await _post(bot, query, body))[0] == 413
+    await _good_push_still_works(bot)
+
+
+@pytest.mark.parametrize("bad", [
+    "<xml><ToUserName>broken",
+    "not xml at all",
+    "<other><a>1</a></other>",
+    "<xml><FromUserName>o</FromUserName></xml>",
+    '<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY x "boom">]><xml><ToUserName>&x;</ToUserName></xml>',
+    '<!DOCTYPE xml SYSTEM "http://example.invalid/x.dtd"><xml><MsgType>text</MsgType></xml>',
+    '<xml><!ENTITY lol "lol"><MsgType>text</MsgType></xml>',
+])
+async def test_malformed_or_dangerous_xml(bot: RunningBot, bad: str) -> None:
+    # Signed and (in compat/safe) encrypted correctly, so the XML itself is what gets refused.
+    if bot.wechat.mode == "safe":
+        query, body = _sign_inner(bot, bad)
+    else:
+        query, _ = bot.wechat.sign_query("<xml><ToUserName>gh</ToUserName></xml>")
+        body = bad
+    status, text = await _post(bot, query, body)
+    assert 400 <= status < 500, (status, text)
+    await _good_push_still_works(bot)
+
+
+def _sign_inner(bot: RunningBot, inner: str) -> tuple[dict[str, str], str]:
+    """Sign and encrypt arbitrary inner text, bypassing the fake's XML handling."""
+    from tests.fakes.wechat_server import encrypt
+
+    query, _ = bot.wechat.sign_query("<xml><ToUserName>gh</ToUserName></xml>")
+    enc = encrypt(bot.wechat.aes_key, bot.wechat.app_id, inner, b"0123456789abcdef")
+    query["msg_signature"] = signature(bot.wechat.token, query["timestamp"], query["nonce"], enc)
+    return query, f"<xml><ToUserName><![CDATA[gh]]></ToUserName><Encrypt><![CDATA[{enc}]]></Encrypt></xml>"
+
+
+async def test_ciphertext_for_another_appid(bot: RunningBot) -> None:
+    if bot.wechat.mode == "plain":
+        pytest.skip("plain mode has no ciphertext")
+    from tests.fakes.wechat_server import encrypt
+
+    query, _ = bot.wechat.sign_query("<xml><ToUserName>gh</ToUserName></xml>")
+    enc = encrypt(bot.wechat.aes_key, "wxsomeoneelse00000", text_xml("o", "help", 1), b"0123456789abcdef")
+    query["msg_signature"] = signature(bot.wechat.token, query["timestamp"], query["nonce"], enc)
+    status, _ = await _post(bot, query, f"<xml><Encrypt><![CDATA[{enc}]]></Encrypt></xml>")
+    assert status == 403
+    await _good_push_still_works(bot)
+
+
+async def test_garbage_ciphertext(bot: RunningBot) -> None:
+    if bot.wechat.mode == "plain":
+        pytest.skip("plain mode has no ciphertext")
+    for enc in ("!!!not-base64!!!", "QUJD", "A" * 64):
+        query, _ = bot.wechat.sign_query("<xml><ToUserName>gh</ToUserName></xml>")
+        query["msg_signature"] = signature(bot.wechat.token, query["timestamp"], query["nonce"], enc)
+        status, _ = await _post(bot, query, f"<xml><Encrypt><![CDATA[{enc}]]></Encrypt></xml>")
+        assert status == 400
+    await _good_push_still_works(bot)
+
+
+async def test_encrypted_push_without_a_key_is_refused(db_url: str) -> None:
+    async with running_bot(make_config(db_url, encoding_aes_key=""), mode="plain") as bot:
+        query, body = bot.wechat.sign_query(text_xml("o", "help", 1))
+        query["encrypt_type"] = "aes"
+        query["msg_signature"] = "0" * 40
+        assert (await _post(bot, query, body))[0] == 400
+        await _good_push_still_works(bot)
+
+
+# --- exactly once ---------------------------------------------------------------------------
+
+class CountingHandler:
+    """The real handlers, counted: how often did the bot run each push?"""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls: Counter[str] = Counter()
+        self.delay = delay
+
+    async def __call__(self, ctx: Context) -> Reply:
+        self.calls[ctx.event.dedupe_key] += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return await core.handle(ctx)
+
+
+async def test_same_msgid_three_times_concurrently_runs_once(db_url: str) -> None:
+    handler = CountingHandler(delay=0.2)
+    async with running_bot(make_config(db_url), handler=handler) as bot:
+        xml = text_xml("o_dup", "help", 777000111)
+        answers = await asyncio.gather(*(bot.wechat.push(xml) for _ in range(3)))
+        assert handler.calls == Counter({"msg:777000111": 1})
+        assert {a.content for a in answers} == {answers[0].content} and "Commands" in (answers[0].content or "")
+
+
+async def test_retry_after_restart_is_a_duplicate(db_url: str) -> None:
+    cfg = make_config(db_url)
+    first = CountingHandler()
+    async with running_bot(cfg, handler=first) as bot:
+        xml = text_xml("o_restart", "lang en", 888000222)
+        answer = await bot.wechat.push(xml)
+    second = CountingHandler()
+    async with running_bot(cfg, handler=second) as bot:
+        again = await bot.wechat.push(xml)
+    assert first.calls["msg:888000222"] == 1 and second.calls["msg:888000222"] == 0
+    assert again.content == answer.content == "From now on I will answer in English."
+
+
+async def test_events_dedupe_on_sender_time_and_event(db_url: str) -> None:
+    handler = CountingHandler()
+    async with running_bot(make_config(db_url), handler=handler) as bot:
+        ts = int(bot.services.clock.now().timestamp())
+        for _ in range(2):
+            await bot.wechat.push(event_xml("o_evt", "subscribe", create_time=ts))
+        await bot.wechat.push(event_xml("o_evt", "CLICK", key="help", create_time=ts))
+        assert handler.calls == Counter({f"evt:o_evt:{ts}:subscribe": 1, f"evt:o_evt:{ts}:CLICK": 1})
+        async with bot.services.db.session() as s:
+            assert (await s.execute(sa.select(sa.func.count()).select_from(InboundPush))).scalar_one() == 2
+
+
+# --- answering in time ------------------------------------------------------------------------
+
+async def test_slow_handler_answers_success_and_replies_through_the_outbox(db_url: str) -> None:
+    handler = CountingHandler(delay=0.6)
+    async with running_bot(make_config(db_url), handler=handler, answer_deadline=0.2) as bot:
+        answer = await bot.wechat.push(text_xml("o_slow", "help", 999000333))
+        assert answer.status == 200 and answer.body == "success"
+        await bot.services.dispatcher.drain()
+        async with bot.services.db.session() as s:
+            rows = (await s.execute(sa.select(OutboxMessage))).scalars().all()
+        assert len(rows) == 1 and "Commands" in rows[0].payload and rows[0].priority == 0
+        # WeChat does not retry a push that was answered; if it did, nothing would run twice.
+        await bot.wechat.push(text_xml("o_slow", "help", 999000333))
+        assert handler.calls["msg:999000333"] == 1
+
+
+async def test_retry_during_slow_handling_waits_for_the_first_result(db_url: str) -> None:
+    handler = CountingHandler(delay=0.4)
+    async with running_bot(make_config(db_url), handler=handler) as bot:
+        xml = text_xml("o_wait", "help", 999000444)
+        first = asyncio.create_task(bot.wechat.push(xml))
+        await asyncio.sleep(0.1)
+        second = await bot.wechat.push(xml)
+        assert (await first).content == second.content and "Commands" in (second.content or "")
+        assert handler.calls["msg:999000444"] == 1
+
+
+async def test_failing_handler_apologises_and_the_next_push_works(db_url: str) -> None:
+    async def broken(ctx: Context) -> Reply:
+        if ctx.event.text == "boom":
+            raise RuntimeError("bug")
+        return await core.handle(ctx)
+
+    async with running_bot(make_config(db_url), handler=broken) as bot:
+        answer = await bot.wechat.push(text_xml("o_err", "boom", 123123))
+        assert answer.status == 200 and "出了点问题" in (answer.content or "")
+        again = await bot.wechat.push(text_xml("o_err", "boom", 123123))
+        assert again.content == answer.content
+        assert "可用命令" in await say(bot, "o_err", "帮助")
+
+
+async def test_held_messages_are_released_by_the_members_next_message(db_url: str) -> None:
+    from storage import outbox
+
+    async with running_bot(make_config(db_url), mode="plain") as bot:
+        await say(bot, "o_held", "help")
+        m = await member(bot, "o_held")
+        assert m is not None and m.id is not None
+        now = bot.services.clock.now()
+        async with bot.services.db.session() as s:
+            await outbox.enqueue(s, member_id=m.id, reply=TextReply("later"), now=now)
+            await s.execute(sa.update(OutboxMessage).values(status="held"))
+        await say(bot, "o_held", "help")
+        async with bot.services.db.session() as s:
+            status = (await s.execute(sa.select(OutboxMessage.status))).scalar_one()
+        assert status == "pending"
