@@ -230,3 +230,28 @@ def test_chat_in_the_terminal(tmp_path: Path) -> None:
     assert "did not understand “blah”" in out
     again = run("chat", "--user", "alice", env=env, stdin="help\n")
     assert "Chatting with Yinjian as alice" in again.stdout and "欢迎" not in again.stdout
+
+
+async def test_chat_shows_messages_queued_for_the_member(db_url: str) -> None:
+    from handlers.replies import Choice, ChoicesReply
+    from storage import members, outbox
+    from storage.models import OutboxMessage
+
+    env = {"YINJIAN_STORAGE__URL": db_url}
+    first = await asyncio.to_thread(run, "chat", "--user", "bob", env=env, stdin="lang en\n")
+    assert first.returncode == 0, first.stderr
+    db = Database(db_url)
+    async with db.session() as s:
+        bob = await members.get(s, platform="chat", openid="bob")
+        assert bob is not None and bob.id is not None
+        now = datetime.now(timezone.utc)
+        await outbox.enqueue(s, member_id=bob.id, now=now, reply=ChoicesReply(
+            "Carol would like an introduction.", (Choice("accept 12", "accept 12"),
+                                                  Choice("decline 12", "decline 12"))))
+    shown = await asyncio.to_thread(run, "chat", "--user", "bob", env=env, stdin="")
+    assert "Carol would like an introduction." in shown.stdout and "accept 12" in shown.stdout
+    again = await asyncio.to_thread(run, "chat", "--user", "bob", env=env, stdin="")
+    assert "Carol" not in again.stdout  # shown once, then it counts as delivered
+    async with db.session() as s:
+        assert (await s.execute(sa.select(OutboxMessage.status))).scalar_one() == "sent"
+    await db.dispose()
