@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+from datetime import timedelta
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Optional
@@ -18,9 +20,10 @@ from bot.outbox import OutboxSender
 from bot.wechat_api import WeChatAPI
 from bot.wechat_push import OfficialAccountPushes, PushRejected
 from handlers import core
-from handlers.context import Context
+from handlers.context import Context, Settings
 from handlers.replies import Reply
 from scheduler.runner import JobScheduler
+from storage import exports
 from storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -64,12 +67,24 @@ def build_services(
     )
     sender = OutboxSender(db=db, api=api, clock=clock)
     dispatcher = Dispatcher(db=db, clock=clock, on_outbox=sender.wake, handler=handler or core.handle,
+                            settings=handler_settings(config),
                             answer_deadline=answer_deadline,
                             passive_cutoff=answer_deadline * PASSIVE_CUTOFF / ANSWER_DEADLINE)
     scheduler = JobScheduler(db=db, clock=clock, config=config)
     return Services(config=config, clock=clock, db=db, dispatcher=dispatcher,
                     pushes=OfficialAccountPushes(config.wechat), api=api, sender=sender,
                     scheduler=scheduler)
+
+
+def handler_settings(config: Config) -> Settings:
+    """What the handlers need to know of the configuration."""
+    return Settings(
+        invite_ttl=timedelta(days=config.invites.ttl_days),
+        invite_max_uses=config.invites.max_uses,
+        public_url=config.server.base_url,
+        qr_invites=config.wechat.api_configured,
+        deletion_grace=timedelta(days=config.privacy.deletion_grace_days),
+    )
 
 
 def create_app(
@@ -91,6 +106,7 @@ def create_app(
     app.router.add_get(config.wechat.path, _verify_url)
     app.router.add_post(config.wechat.path, _receive_push)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/export/{token}", _export)
     scheduler_on = config.scheduler.enabled if run_scheduler is None else run_scheduler
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -147,6 +163,25 @@ async def _receive_push(request: web.Request) -> web.Response:
     reply = await services.dispatcher.answer(push.event)
     answer = services.pushes.render(push, reply)
     return web.Response(text=answer, content_type="text/plain" if answer == "success" else "application/xml")
+
+
+async def _export(request: web.Request) -> web.Response:
+    """A member's one-time data export link; used, expired or unknown links are 404."""
+    services = request.app[SERVICES]
+    token = request.match_info["token"]
+    if not 16 <= len(token) <= 64:
+        raise web.HTTPNotFound(text="not found")
+    async with services.db.session() as session:
+        member_id = await exports.consume_link(session, token=token, now=services.clock.now())
+        data = await exports.collect(session, member_id=member_id) if member_id is not None else None
+    if not data:
+        raise web.HTTPNotFound(text="not found")
+    log.info("served a data export to member %s", member_id)
+    return web.Response(
+        text=json.dumps(data, ensure_ascii=False, indent=2), content_type="application/json",
+        headers={"Content-Disposition": 'attachment; filename="yinjian-export.json"',
+                 "Cache-Control": "no-store"},
+    )
 
 
 async def _healthz(request: web.Request) -> web.Response:

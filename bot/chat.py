@@ -31,7 +31,9 @@ async def run_chat(config: Config, *, user: str, stdin: Optional[TextIO] = None,
     clock = SystemClock()
     db = Database(config.storage.url)
     await db.upgrade()
-    dispatcher = Dispatcher(db=db, clock=clock)
+    from bot.app import handler_settings
+
+    dispatcher = Dispatcher(db=db, clock=clock, settings=handler_settings(config))
     interactive = stdin.isatty()
 
     def say(line: str) -> None:

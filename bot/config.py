@@ -27,6 +27,13 @@ class ServerConfig:
 
     host: str = "127.0.0.1"
     port: int = 8080
+    # The address members' links point at (export links); empty means http://host:port.
+    public_url: str = ""
+
+    @property
+    def base_url(self) -> str:
+        """Where links to this server start."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,21 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class InvitesConfig:
+    """[invites]: how long an invite code lives and how many people may use it."""
+
+    ttl_days: int = 7
+    max_uses: int = 1
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """[privacy]: how long an unsubscribed member's data is kept before it is deleted."""
+
+    deletion_grace_days: int = 7
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of one Yinjian process."""
 
@@ -75,6 +97,8 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     wechat: WeChatConfig = field(default_factory=WeChatConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    invites: InvitesConfig = field(default_factory=InvitesConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     source: str = "embedded default"
     dev_token: bool = False
 
@@ -84,6 +108,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "storage": StorageConfig,
     "wechat": WeChatConfig,
     "scheduler": SchedulerConfig,
+    "invites": InvitesConfig,
+    "privacy": PrivacyConfig,
 }
 
 
@@ -162,6 +188,8 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         storage=StorageConfig(**values["storage"]),
         wechat=WeChatConfig(**values["wechat"]),
         scheduler=SchedulerConfig(**values["scheduler"]),
+        invites=InvitesConfig(**values["invites"]),
+        privacy=PrivacyConfig(**values["privacy"]),
         source=source,
     )
     cfg = _validate(cfg)
@@ -199,6 +227,14 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(f"wechat.api_base_url must be an http(s) URL, got {w.api_base_url!r}")
     if w.max_clock_skew_seconds < 0:
         raise ConfigError("wechat.max_clock_skew_seconds must be 0 (off) or more")
+    if s.public_url and not s.public_url.startswith(("http://", "https://")):
+        raise ConfigError(f"server.public_url must be an http(s) URL, got {s.public_url!r}")
+    if not 1 <= cfg.invites.ttl_days <= 30:
+        raise ConfigError(f"invites.ttl_days must be between 1 and 30, got {cfg.invites.ttl_days}")
+    if cfg.invites.max_uses < 1:
+        raise ConfigError(f"invites.max_uses must be 1 or more, got {cfg.invites.max_uses}")
+    if cfg.privacy.deletion_grace_days < 0:
+        raise ConfigError("privacy.deletion_grace_days must be 0 or more")
     try:
         ZoneInfo(sc.timezone)
     except (ZoneInfoNotFoundError, ValueError):

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+
+import sqlalchemy as sa
 from typing import Awaitable, Callable, Optional
 
 from bot.clock import Clock
 from handlers import core
-from handlers.context import Context
+from handlers.context import Context, Settings
 from handlers.events import EventKind, InboundEvent
 from handlers.replies import NoReply, Reply, TextReply, reply_from_json, reply_to_json
 from handlers.texts import DEFAULT_LANG, text
@@ -52,6 +54,7 @@ class Dispatcher:
     passive_cutoff: float = PASSIVE_CUTOFF
     on_outbox: Callable[[], None] = lambda: None
     handler: Callable[[Context], Awaitable[Reply]] = core.handle
+    settings: Settings = field(default_factory=Settings)
     _inflight: dict[str, _Delivery] = field(default_factory=dict)
     _member_locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     _lock_users: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -118,9 +121,12 @@ class Dispatcher:
                 member_lang = member.lang or DEFAULT_LANG
                 if event.is_user_message:
                     await outbox.release_held(session, member_id=member.id or 0, now=now)
-                ctx = Context(event=event, member=member, session=session, now=now)
+                ctx = Context(event=event, member=member, session=session, now=now,
+                              settings=self.settings, push_key=event.dedupe_key)
                 reply = await self.handler(ctx)
                 late = deadline and (delivery.answered_elsewhere or self._elapsed(delivery) > self.passive_cutoff)
+                if late and sa.inspect(member).was_deleted:
+                    late = False  # the member erased themselves; a late reply has nobody to reach
                 if late:
                     await outbox.enqueue(session, member_id=member.id or 0, reply=reply, now=now,
                                          priority=outbox.PRIORITY_REPLY)

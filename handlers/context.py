@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -11,6 +11,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from handlers import texts
 from handlers.events import InboundEvent
 from storage.models import Member
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Operator settings the handlers need, taken from the configuration."""
+
+    invite_ttl: timedelta = timedelta(days=7)
+    invite_max_uses: int = 1
+    public_url: str = "http://127.0.0.1:8080"
+    qr_invites: bool = False  # True when the WeChat API is configured
+    deletion_grace: timedelta = timedelta(days=7)
 
 
 @dataclass
@@ -25,6 +36,9 @@ class Context:
     member: Member
     session: AsyncSession
     now: datetime
+    settings: Settings = field(default_factory=Settings)
+    # The push being answered; erasing a member keeps its key so a retry is still a duplicate.
+    push_key: str = ""
 
     @property
     def lang(self) -> str:
@@ -34,3 +48,7 @@ class Context:
     def t(self, key: str, **kwargs: Any) -> str:
         """A user-facing text from the member's language catalogue."""
         return texts.text(self.lang, key, **kwargs)
+
+    def text_for(self, member: Member, key: str, **kwargs: Any) -> str:
+        """A text in another member's language (for messages sent to them)."""
+        return texts.text(member.lang or texts.DEFAULT_LANG, key, **kwargs)

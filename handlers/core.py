@@ -1,22 +1,25 @@
-"""Turns one inbound event into one reply: routing, language rules and lifecycle events."""
+"""Turns one inbound event into one reply: dialogs, routing, language rules and lifecycle events."""
 
 from __future__ import annotations
 
 import functools
 
-from handlers import basics
+from handlers import basics, cards, connections, privacy, rights
 from handlers.context import Context
 from handlers.events import EventKind
-from handlers.replies import NoReply, Reply, TextReply
+from handlers.replies import ChoicesReply, NoReply, Reply, TextReply
 from handlers.router import Router
-from storage import members
+from storage import dialogs, members
+
+DIALOGS = {**cards.DIALOGS}
 
 
 @functools.cache
 def root_router() -> Router:
-    """The router tree of every feature; first match wins."""
+    """The router tree of every feature; the longest matching alias wins."""
     root = Router(name="root")
-    root.include(basics.router)
+    for feature in (basics, cards, connections, privacy, rights):
+        root.include(feature.router)
     return root
 
 
@@ -25,11 +28,18 @@ async def handle(ctx: Context) -> Reply:
     event = ctx.event
     if event.kind is EventKind.SUBSCRIBE:
         returning = await members.reactivate(ctx.session, member=ctx.member, now=ctx.now)
-        return await basics.welcome(ctx, returning=returning)
+        welcome = await basics.welcome(ctx, returning=returning)
+        if event.scene:
+            # Followed by scanning someone's invite QR code: welcome, then connect.
+            return _prepend(ctx.t("welcome_short") if not returning else ctx.t("welcome_back"),
+                            await connections.join_with_code(ctx, event.scene, source="qr"))
+        return welcome
     if event.kind is EventKind.UNSUBSCRIBE:
         await members.deactivate(ctx.session, member=ctx.member, now=ctx.now)
         return NoReply()  # WeChat delivers nothing to someone who just left
     if event.kind is EventKind.SCAN:
+        if event.scene:
+            return await connections.join_with_code(ctx, event.scene, source="qr")
         return await basics.welcome(ctx, returning=False)
     if event.kind is EventKind.CLICK:
         return await route_text(ctx, event.key)
@@ -39,11 +49,28 @@ async def handle(ctx: Context) -> Reply:
 
 
 async def route_text(ctx: Context, text: str) -> Reply:
-    """Route a typed or tapped text to its command, applying the first-command language rule."""
+    """An open dialog takes the text first; otherwise route it to its command."""
+    state = await dialogs.get(ctx.session, member_id=ctx.member.id or 0)
+    notice = ""
+    if state is not None:
+        if ctx.now - state.updated_at <= cards.DIALOG_TIMEOUT and state.name in DIALOGS:
+            return await DIALOGS[state.name](ctx, state, text)
+        await dialogs.clear(ctx.session, member_id=ctx.member.id or 0)
+        notice = ctx.t("dialog_expired")
     match = root_router().match(text)
     if match is None:
-        return await basics.unknown(ctx)
-    if ctx.member.lang is None:
-        # The member's first command decides their language until they say `lang`.
-        await members.set_lang(ctx.session, member=ctx.member, lang=match.lang, explicit=False)
-    return await match.command.handler(ctx, match.args)
+        reply = await basics.unknown(ctx)
+    else:
+        if ctx.member.lang is None:
+            # The member's first command decides their language until they say `lang`.
+            await members.set_lang(ctx.session, member=ctx.member, lang=match.lang, explicit=False)
+        reply = await match.command.handler(ctx, match.args)
+    return _prepend(notice, reply) if notice else reply
+
+
+def _prepend(lead: str, reply: Reply) -> Reply:
+    if isinstance(reply, TextReply):
+        return TextReply(f"{lead}\n\n{reply.text}")
+    if isinstance(reply, ChoicesReply):
+        return ChoicesReply(text=f"{lead}\n\n{reply.text}", choices=reply.choices, footer=reply.footer)
+    return TextReply(lead)

@@ -113,15 +113,15 @@ class Router:
                 for alias in aliases:
                     if len(alias) <= best_len:
                         continue
-                    rest = _after_alias(folded, alias)
+                    rest = after_alias(folded, alias)
                     if rest is None:
                         continue
                     best, best_len = Match(command, _original_args(text, rest), lang), len(alias)
         return best
 
 
-def _after_alias(folded: str, alias: str) -> Optional[str]:
-    """The folded text after `alias`, or None when the text does not start with that command."""
+def after_alias(folded: str, alias: str) -> Optional[str]:
+    """The folded text after `alias`, or None when the text does not start with that word."""
     if folded == alias:
         return ""
     if not folded.startswith(alias):

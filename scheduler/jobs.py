@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Awaitable, Callable
 
 from bot.config import Config
-from storage import pushes
+from storage import erasure, pushes
 from storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,32 @@ class JobSpec:
 
 # WeChat retries a push for well under a minute; three days of keys is a generous margin.
 PUSH_KEY_RETENTION = timedelta(days=3)
+# Stored replies can quote cards; a retry comes within seconds, so an hour is plenty.
+REPLY_RETENTION = timedelta(hours=1)
 
 
 async def prune_pushes(deps: JobDeps, now: datetime) -> str:
     """Forget deduplication keys of pushes that WeChat can no longer retry."""
     async with deps.db.session() as session:
         removed = await pushes.prune(session, older_than=now - PUSH_KEY_RETENTION)
+        await pushes.forget_replies(session, older_than=now - REPLY_RETENTION)
     return f"removed {removed} push keys older than {PUSH_KEY_RETENTION.days} days"
+
+
+async def purge_deactivated(deps: JobDeps, now: datetime) -> str:
+    """Delete the personal data of members who unsubscribed longer ago than the grace period."""
+    cutoff = now - timedelta(days=deps.config.privacy.deletion_grace_days)
+    erased = 0
+    while True:
+        # One member per transaction: a crash mid-run leaves whole members, and the next run
+        # finishes what is left.
+        async with deps.db.session() as session:
+            due = await erasure.deactivated_before(session, cutoff=cutoff, limit=1)
+            if not due:
+                break
+            await erasure.erase_member(session, member=due[0])
+            erased += 1
+    return f"erased the data of {erased} members who left before {cutoff.date().isoformat()}"
 
 
 # Off the :00 and :30 marks, when everyone else's jobs run (WECHAT.md §8.3).
@@ -52,5 +71,7 @@ JOBS: dict[str, JobSpec] = {
     for spec in [
         JobSpec("prune-pushes", prune_pushes, {"hour": "4", "minute": "17"},
                 "forget old push deduplication keys"),
+        JobSpec("purge-deactivated", purge_deactivated, {"hour": "3", "minute": "47"},
+                "delete the data of members who unsubscribed before the grace period"),
     ]
 }

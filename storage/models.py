@@ -124,3 +124,83 @@ class AccessToken(SQLModel, table=True):
     # A refresh lease: only the worker that holds it may fetch a new token.
     refresh_lock_until: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
     refreshed_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+
+
+class Card(SQLModel, table=True):
+    """A member's private profile card. offers and needs are JSON lists of tags."""
+
+    __tablename__ = "card"
+
+    member_id: int = Field(primary_key=True, foreign_key="member.id")
+    name: Optional[str] = Field(default=None, max_length=40)
+    title: Optional[str] = Field(default=None, max_length=60)
+    company: Optional[str] = Field(default=None, max_length=60)
+    city: Optional[str] = Field(default=None, max_length=30)
+    industry: Optional[str] = Field(default=None, max_length=30)
+    offers: str = Field(default="[]", sa_type=sa.Text)
+    needs: str = Field(default="[]", sa_type=sa.Text)
+    bio: Optional[str] = Field(default=None, max_length=200)
+    contact: Optional[str] = Field(default=None, max_length=80)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class MemberSettings(SQLModel, table=True):
+    """Privacy and delivery settings. `visibility` is a JSON object of field -> level overrides."""
+
+    __tablename__ = "member_settings"
+
+    member_id: int = Field(primary_key=True, foreign_key="member.id")
+    visibility: str = Field(default="{}", sa_type=sa.Text)
+    stealth: bool = Field(default=False)
+    paused_until: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+
+
+class Connection(SQLModel, table=True):
+    """One direction of a mutual connection; `strength` is how well member knows contact (1-3)."""
+
+    __tablename__ = "connection"
+    __table_args__ = (sa.UniqueConstraint("member_id", "contact_id", name="uq_connection_pair"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    member_id: int = Field(foreign_key="member.id", index=True)
+    contact_id: int = Field(foreign_key="member.id", index=True)
+    strength: Optional[int] = Field(default=None)
+    source: str = Field(max_length=16)  # invite, qr, introduction, broker
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class Invite(SQLModel, table=True):
+    """A personal invite code; single use and 7 days by default (configurable)."""
+
+    __tablename__ = "invite"
+
+    code: str = Field(primary_key=True, max_length=16)
+    inviter_id: int = Field(foreign_key="member.id", index=True)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    max_uses: int = Field(default=1)
+    uses: int = Field(default=0)
+
+
+class Dialog(SQLModel, table=True):
+    """A member's step-by-step dialog, written through on every step so restarts lose nothing."""
+
+    __tablename__ = "dialog"
+
+    member_id: int = Field(primary_key=True, foreign_key="member.id")
+    name: str = Field(max_length=32)
+    step: str = Field(max_length=32)
+    data: str = Field(default="{}", sa_type=sa.Text)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class ExportLink(SQLModel, table=True):
+    """A one-time link to all of a member's data (PIPL), valid for 24 hours."""
+
+    __tablename__ = "export_link"
+
+    token: str = Field(primary_key=True, max_length=64)
+    member_id: int = Field(foreign_key="member.id", index=True)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    used_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)

@@ -40,3 +40,14 @@ async def prune(session: AsyncSession, *, older_than: datetime) -> int:
     """Forget pushes WeChat can no longer retry; returns how many were removed."""
     result = await session.execute(sa.delete(_push).where(_push.c.received_at < older_than))
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def forget_replies(session: AsyncSession, *, older_than: datetime | None = None,
+                         except_key: str | None = None) -> None:
+    """Drop stored replies (they may quote members' cards); the keys keep deduplicating."""
+    stmt = sa.update(_push).where(_push.c.reply.is_not(None))
+    if older_than is not None:
+        stmt = stmt.where(_push.c.received_at < older_than)
+    if except_key is not None:
+        stmt = stmt.where(_push.c.key != except_key)
+    await session.execute(stmt.values(reply=None))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
@@ -72,3 +73,42 @@ async def running_bot(
         yield RunningBot(server=server, services=services, wechat=fake)
     finally:
         await server.close()
+
+
+async def say(bot: RunningBot, openid: str, content: str) -> str:
+    """Send a text as a member through the webhook; the bot's text answer."""
+    from tests.fakes.wechat_server import text_xml
+
+    answer = await bot.wechat.push(text_xml(openid, content, bot.wechat.next_msg_id()))
+    assert answer.status == 200, answer.body
+    assert answer.content is not None, f"no text reply to {content!r}: {answer.body!r}"
+    return answer.content
+
+
+async def event(bot: RunningBot, openid: str, name: str, *, key: str | None = None) -> str:
+    """Push an event (subscribe, unsubscribe, SCAN …); the bot's answer text, or the raw body."""
+    from tests.fakes.wechat_server import event_xml
+
+    ts = int(bot.services.clock.now().timestamp()) + next(_event_seconds)
+    answer = await bot.wechat.push(event_xml(openid, name, key=key, create_time=ts,
+                                             ticket="TICKET" if key else None))
+    assert answer.status == 200, answer.body
+    return answer.content if answer.content is not None else answer.body
+
+
+_event_seconds = itertools.count()
+
+
+async def queued(bot: RunningBot, openid: str) -> list[str]:
+    """The texts waiting in the outbox for a member, oldest first."""
+    import sqlalchemy as sa
+
+    from handlers.replies import as_plain_text, reply_from_json
+    from storage.models import Member, OutboxMessage
+
+    async with bot.services.db.session() as s:
+        rows = (await s.execute(
+            sa.select(OutboxMessage.payload).join(Member, Member.id == OutboxMessage.member_id)
+            .where(Member.openid == openid).order_by(OutboxMessage.id)
+        )).scalars().all()
+    return [as_plain_text(reply_from_json(p)) for p in rows]

@@ -84,7 +84,7 @@ def test_example_config_documents_and_loads_every_key() -> None:
     text = (root / "config.example.toml").read_text(encoding="utf-8")
     from dataclasses import fields
 
-    for section in ("server", "storage", "wechat", "scheduler"):
+    for section in ("server", "storage", "wechat", "scheduler", "invites", "privacy"):
         for f in fields(getattr(cfg, section)):
             assert re.search(rf"^{f.name} = ", text, re.M), f"{section}.{f.name} is not documented"
 
@@ -214,7 +214,7 @@ enabled = true
         assert answer.status == 200 and (answer.content or "").startswith("可用命令")
     finally:
         log = _stop(proc)
-    assert "scheduler started with jobs: prune-pushes" in log
+    assert "scheduler started with jobs: prune-pushes, purge-deactivated" in log
     assert "servetoken1" not in log and "帮助" not in log  # no secret, no member text at INFO
 
 

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import itertools
 import os
+import secrets
 import struct
 import time
 from dataclasses import dataclass, field
@@ -100,7 +101,9 @@ class FakeWeChatServer:
     clock: Callable[[], float] = time.time
     random16: Callable[[], bytes] = lambda: os.urandom(16)
     _nonces: "itertools.count[int]" = field(default_factory=lambda: itertools.count(100000))
-    _msg_ids: "itertools.count[int]" = field(default_factory=lambda: itertools.count(6054768590064713000))
+    # Random per fake, as WeChat's ids are unique: a restarted bot must not see old ids reused.
+    _msg_ids: "itertools.count[int]" = field(
+        default_factory=lambda: itertools.count(secrets.randbits(56) + (1 << 60)))
 
     def next_msg_id(self) -> int:
         """A fresh MsgId."""

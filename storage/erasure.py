@@ -1,0 +1,72 @@
+"""Deleting a member's personal data (PIPL): `delete me`, and after an unsubscribe's grace period.
+
+Every table that holds a member's data must be cleared here; tests check that nothing of a
+deleted member is left in any table.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Optional
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage import pushes
+from storage.models import (
+    Card,
+    Connection,
+    Dialog,
+    ExportLink,
+    InboundPush,
+    Invite,
+    Member,
+    MemberSettings,
+    MemberStatus,
+    OutboxAttempt,
+    OutboxMessage,
+)
+
+
+async def erase_member(session: AsyncSession, *, member: Member, keep_push_key: Optional[str] = None) -> None:
+    """Delete everything about one member, and remove them from every other member's view.
+
+    `keep_push_key` spares the push being answered right now, so that a retry of the very
+    `delete me confirm` that caused this is still recognised as a duplicate.
+    """
+    mid = member.id
+    outbox_ids = sa.select(OutboxMessage.id).where(OutboxMessage.member_id == mid)
+    await session.execute(sa.delete(OutboxAttempt).where(OutboxAttempt.outbox_id.in_(outbox_ids)))  # type: ignore[attr-defined]
+    for stmt in (
+        sa.delete(OutboxMessage).where(OutboxMessage.member_id == mid),
+        sa.delete(ExportLink).where(ExportLink.member_id == mid),
+        sa.delete(Dialog).where(Dialog.member_id == mid),
+        sa.delete(Invite).where(Invite.inviter_id == mid),
+        sa.delete(Connection).where(sa.or_(Connection.member_id == mid, Connection.contact_id == mid)),
+        sa.delete(Card).where(Card.member_id == mid),
+        sa.delete(MemberSettings).where(MemberSettings.member_id == mid),
+    ):
+        await session.execute(stmt)  # type: ignore[arg-type]
+    own_pushes = sa.delete(InboundPush).where(InboundPush.member_openid == member.openid)
+    if keep_push_key is not None:
+        own_pushes = own_pushes.where(InboundPush.key != keep_push_key)
+        # The kept key is a message id; it no longer says whose message it was.
+        await session.execute(sa.update(InboundPush).where(InboundPush.key == keep_push_key)
+                              .values(member_openid=""))
+    await session.execute(own_pushes)
+    # Replies stored for other members' pushes may quote this member's card. WeChat retries
+    # only within seconds, so forgetting them all costs at most a repeated answer.
+    await pushes.forget_replies(session, except_key=keep_push_key)
+    await session.delete(member)
+    await session.flush()
+
+
+async def deactivated_before(session: AsyncSession, *, cutoff: datetime, limit: int = 500) -> list[Member]:
+    """Members who unsubscribed before `cutoff` and never came back."""
+    stmt = (
+        sa.select(Member)
+        .where(Member.status == MemberStatus.DEACTIVATED, Member.deactivated_at < cutoff)  # type: ignore[operator]
+        .order_by(Member.id)
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).scalars())

@@ -1,0 +1,66 @@
+"""One-time export links, and everything the bot holds about a member, as JSON-ready data."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+from typing import Any, Optional
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage import cards, graph, privacy
+from storage.models import ExportLink, Invite, Member
+
+LINK_TTL = timedelta(hours=24)
+
+
+async def create_link(session: AsyncSession, *, member_id: int, now: datetime) -> ExportLink:
+    """A fresh one-time link, valid for 24 hours."""
+    link = ExportLink(token=secrets.token_urlsafe(24), member_id=member_id, created_at=now,
+                      expires_at=now + LINK_TTL)
+    session.add(link)
+    await session.flush()
+    return link
+
+
+async def consume_link(session: AsyncSession, *, token: str, now: datetime) -> Optional[int]:
+    """Use a link: the member id when it is valid, unused and unexpired; it never works again."""
+    result = await session.execute(
+        sa.update(ExportLink)
+        .where(ExportLink.token == token, ExportLink.used_at.is_(None), ExportLink.expires_at > now)  # type: ignore[union-attr,attr-defined,operator,arg-type]
+        .values(used_at=now)
+        .returning(ExportLink.member_id)
+    )
+    row = result.first()
+    return int(row[0]) if row else None
+
+
+def _iso(value: Optional[datetime]) -> Optional[str]:
+    return value.isoformat() if value else None
+
+
+async def collect(session: AsyncSession, *, member_id: int) -> dict[str, Any]:
+    """All of a member's data: card, settings, connections, invites, introductions, asks."""
+    member = await session.get(Member, member_id)
+    if member is None:
+        return {}
+    card_row = await cards.get(session, member_id=member_id)
+    prefs = await privacy.get(session, member_id=member_id)
+    contacts = await graph.contacts(session, member_id=member_id)
+    invites = (await session.execute(
+        sa.select(Invite).where(Invite.inviter_id == member_id).order_by(Invite.created_at)  # type: ignore[arg-type]
+    )).scalars().all()
+    return {
+        "member": {"platform": member.platform, "id": member.openid, "language": member.lang,
+                   "status": member.status, "joined_at": _iso(member.created_at),
+                   "last_message_at": _iso(member.last_message_at)},
+        "card": cards.values(card_row),
+        "settings": {"visibility": {f: prefs.level(f) for f in cards.FIELD_NAMES},
+                     "stealth": prefs.stealth, "paused_until": _iso(prefs.paused_until)},
+        "connections": [{"name": c.name, "strength": c.strength, "since": _iso(c.since)} for c in contacts],
+        "invites": [{"code": i.code, "created_at": _iso(i.created_at), "expires_at": _iso(i.expires_at),
+                     "uses": i.uses, "max_uses": i.max_uses} for i in invites],
+        "introductions": [],
+        "asks": [],
+    }

@@ -1,0 +1,55 @@
+"""Invite codes: personal, single use by default, expiring."""
+
+from __future__ import annotations
+
+import secrets
+import string
+from datetime import datetime, timedelta
+from typing import Optional
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import Invite
+from storage.sql import insert_ignore
+
+ALPHABET = string.ascii_uppercase + "23456789"
+CODE_LENGTH = 8
+_invite = Invite.__table__  # type: ignore[attr-defined]
+
+
+def new_code() -> str:
+    """A random code of A-Z and 2-9 (34**8 ≈ 1.8e12 codes)."""
+    return "".join(secrets.choice(ALPHABET) for _ in range(CODE_LENGTH))
+
+
+def clean_code(raw: str) -> str:
+    """What a member typed, as a code: upper case, without spaces or dashes."""
+    return "".join(ch for ch in raw.upper() if ch not in " -_")
+
+
+async def create(session: AsyncSession, *, inviter_id: int, now: datetime, ttl: timedelta,
+                 max_uses: int) -> Invite:
+    """A fresh code for the inviter."""
+    while True:
+        code = new_code()
+        values = {"code": code, "inviter_id": inviter_id, "created_at": now, "expires_at": now + ttl,
+                  "max_uses": max_uses, "uses": 0}
+        if await insert_ignore(session, _invite, values, conflict=["code"]):
+            invite = await session.get(Invite, code)
+            assert invite is not None
+            return invite
+
+
+async def get_for_update(session: AsyncSession, *, code: str) -> Optional[Invite]:
+    """The invite with this code, locked for this transaction on PostgreSQL."""
+    stmt = sa.select(Invite).where(Invite.code == code)
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def use(session: AsyncSession, *, invite: Invite) -> None:
+    """Count one use of the code."""
+    invite.uses += 1
+    session.add(invite)

@@ -1,0 +1,73 @@
+"""Privacy settings: per-field visibility levels, stealth, and pause."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Optional
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import MemberSettings
+
+CONNECTIONS, NETWORK, HIDDEN = "connections", "network", "hidden"
+LEVELS = (CONNECTIONS, NETWORK, HIDDEN)
+# PRODUCT.md: contact and bio are for connections only; everything else for the network.
+DEFAULT_LEVELS = {"contact": CONNECTIONS, "bio": CONNECTIONS}
+
+
+@dataclass(frozen=True)
+class Privacy:
+    """A member's privacy settings, with the defaults filled in."""
+
+    levels: dict[str, str] = field(default_factory=dict)
+    stealth: bool = False
+    paused_until: Optional[datetime] = None
+
+    def level(self, name: str) -> str:
+        """The visibility level of one card field."""
+        return self.levels.get(name) or DEFAULT_LEVELS.get(name, NETWORK)
+
+    def paused(self, now: datetime) -> bool:
+        """True while the member has paused introductions and nudges."""
+        return self.paused_until is not None and self.paused_until > now
+
+
+async def get(session: AsyncSession, *, member_id: int) -> Privacy:
+    """The member's settings; defaults when they never changed anything."""
+    row = await session.get(MemberSettings, member_id)
+    if row is None:
+        return Privacy()
+    return Privacy(levels=dict(json.loads(row.visibility or "{}")), stealth=row.stealth,
+                   paused_until=row.paused_until)
+
+
+async def _row(session: AsyncSession, member_id: int) -> MemberSettings:
+    row = await session.get(MemberSettings, member_id)
+    if row is None:
+        row = MemberSettings(member_id=member_id, visibility="{}", stealth=False)
+    return row
+
+
+async def set_level(session: AsyncSession, *, member_id: int, field_name: str, level: str) -> None:
+    """Set one field's visibility level."""
+    row = await _row(session, member_id)
+    levels = dict(json.loads(row.visibility or "{}"))
+    levels[field_name] = level
+    row.visibility = json.dumps(levels, sort_keys=True)
+    session.add(row)
+
+
+async def set_stealth(session: AsyncSession, *, member_id: int, on: bool) -> None:
+    """Turn stealth on or off."""
+    row = await _row(session, member_id)
+    row.stealth = on
+    session.add(row)
+
+
+async def set_pause(session: AsyncSession, *, member_id: int, until: Optional[datetime]) -> None:
+    """Pause introductions and nudges until a time (None resumes)."""
+    row = await _row(session, member_id)
+    row.paused_until = until
+    session.add(row)
