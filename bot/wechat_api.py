@@ -11,14 +11,15 @@ import asyncio
 import enum
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Mapping
+from typing import Any, Self
 from urllib.parse import quote
 
 import aiohttp
-from wechatpy.constants import WeChatErrorCode
+from wechatpy.constants import WeChatErrorCode  # type: ignore[import-untyped]
 
 from bot.clock import Clock, SystemClock
 from bot.config import DEFAULT_API_BASE_URL, ConfigError, WeChatConfig
@@ -175,7 +176,7 @@ class WeChatAPI:
         # Never show the secret or the token, even in a debugger or a traceback's locals.
         return f"WeChatAPI(app_id={self._app_id!r}, base_url={self._base_url!r})"
 
-    async def __aenter__(self) -> WeChatAPI:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -367,7 +368,7 @@ class WeChatAPI:
                     raise WeChatAPIError(None, f"HTTP {resp.status} from {path}")
                 answer = await resp.json(content_type=None)
         # `from None`: aiohttp's messages can include the URL, whose query holds the token or secret.
-        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise TransientAPIError(f"{type(exc).__name__} calling {path}") from None
         except ValueError:
             raise WeChatAPIError(None, f"{path} answered something that is not JSON") from None

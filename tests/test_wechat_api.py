@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -32,7 +32,7 @@ from tests.fakes.fake_api import (
     fake_api,  # noqa: F401  (fixture)
 )
 
-NOW = datetime(2026, 3, 2, 8, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 CHOICES = ChoicesReply(
     text="Li Wei asks to be introduced to Zhang Min.",
     choices=(Choice("Accept", "accept 12"), Choice("Decline", "decline 12")),
@@ -252,3 +252,22 @@ def test_errcodes_are_classified() -> None:
     assert {classify(c) for c in (45015, 45047)} == {ErrorKind.HOLD}
     assert {classify(c) for c in (43004, 40003)} == {ErrorKind.UNDELIVERABLE}
     assert classify(48001) is ErrorKind.FAIL
+
+
+async def test_refresh_lease_is_claimed_only_on_the_token_seen(db: Database) -> None:
+    later = NOW + timedelta(seconds=30)
+    async with db.session() as s:
+        assert await tokens.claim_refresh(s, app_id=APP_ID, seen_token=None, now=NOW, lease_until=later)
+        # Held: nobody else may fetch until it is given back or runs out.
+        assert not await tokens.claim_refresh(s, app_id=APP_ID, seen_token=None, now=NOW,
+                                              lease_until=later)
+        await tokens.store(s, app_id=APP_ID, token="new", expires_at=NOW + timedelta(hours=2), now=NOW)
+        # A worker that read the row before "new" was stored must not fetch yet another token.
+        assert not await tokens.claim_refresh(s, app_id=APP_ID, seen_token=None, now=NOW,
+                                              lease_until=later)
+        assert await tokens.claim_refresh(s, app_id=APP_ID, seen_token="new", now=NOW,
+                                          lease_until=later)
+        assert not await tokens.claim_refresh(s, app_id=APP_ID, seen_token="new", now=NOW,
+                                              lease_until=later)
+        assert await tokens.claim_refresh(s, app_id=APP_ID, seen_token="new", now=later,
+                                          lease_until=later + timedelta(seconds=30))

@@ -152,7 +152,7 @@ class FakeWeChatAPI:
             if scripted.hang_seconds:
                 try:
                     await asyncio.wait_for(self._release_hangs.wait(), scripted.hang_seconds)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 return web.json_response({"errcode": 0, "errmsg": "too late"})
             if scripted.http_status is not None:
