@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.replies import ChoicesReply, NoReply, Reply, reply_to_json
-from storage.models import OutboxMessage, OutboxStatus
-from storage.sql import insert_ignore
+from storage.models import Member, OutboxAttempt, OutboxMessage, OutboxStatus
+from storage.sql import dialect, insert_ignore
 
 _outbox = OutboxMessage.__table__  # type: ignore[attr-defined]
+_attempt = OutboxAttempt.__table__  # type: ignore[attr-defined]
+_member = Member.__table__  # type: ignore[attr-defined]
 
 # Lower goes first (PRODUCT.md, the messaging budget).
 PRIORITY_REPLY = 0  # a late answer to something the member just wrote
@@ -19,6 +25,9 @@ PRIORITY_DECISION = 10
 PRIORITY_FOLLOW_UP = 20
 PRIORITY_DIGEST = 30
 PRIORITY_NUDGE = 40
+
+KIND_TEMPLATE = "template"  # a template message: not bound to the 48-hour window
+KIND_QR_INVITE = "qr_invite"  # the sender creates the QR code, then sends the text with its link
 
 
 async def enqueue(
@@ -33,10 +42,27 @@ async def enqueue(
     """Queue a message for a member; False when nothing was queued (empty, or key seen before)."""
     if isinstance(reply, NoReply):
         return False
+    return await _queue(
+        session, member_id=member_id, kind="choices" if isinstance(reply, ChoicesReply) else "text",
+        payload=reply_to_json(reply), now=now, priority=priority, dedupe_key=dedupe_key,
+    )
+
+
+async def _queue(
+    session: AsyncSession,
+    *,
+    member_id: int,
+    kind: str,
+    payload: str,
+    now: datetime,
+    priority: int,
+    dedupe_key: str | None,
+) -> bool:
+    """Insert one pending row; False when the dedupe key was queued before."""
     values = {
         "member_id": member_id,
-        "kind": "choices" if isinstance(reply, ChoicesReply) else "text",
-        "payload": reply_to_json(reply),
+        "kind": kind,
+        "payload": payload,
         "priority": priority,
         "status": OutboxStatus.PENDING,
         "attempts": 0,
@@ -58,3 +84,150 @@ async def release_held(session: AsyncSession, *, member_id: int, now: datetime) 
         .values(status=OutboxStatus.PENDING, next_attempt_at=now)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class ClaimedMessage:
+    """An outbox row leased to one sender, with what it needs to reach the member."""
+
+    id: int
+    member_id: int
+    openid: str
+    member_status: str
+    kind: str
+    payload: str
+
+
+async def enqueue_template(
+    session: AsyncSession,
+    *,
+    member_id: int,
+    template_id: str,
+    data: dict[str, Any],
+    now: datetime,
+    url: str | None = None,
+    priority: int = PRIORITY_DIGEST,
+    dedupe_key: str | None = None,
+) -> bool:
+    """Queue a template message (it can reach a follower outside the 48-hour window)."""
+    payload = json.dumps({"type": "template", "template_id": template_id, "data": data, "url": url},
+                         ensure_ascii=False)
+    return await _queue(session, member_id=member_id, kind=KIND_TEMPLATE, payload=payload, now=now,
+                        priority=priority, dedupe_key=dedupe_key)
+
+
+async def enqueue_qr_invite(
+    session: AsyncSession,
+    *,
+    member_id: int,
+    code: str,
+    now: datetime,
+    expire_seconds: int,
+    text: str,
+    priority: int = PRIORITY_REPLY,
+    dedupe_key: str | None = None,
+) -> bool:
+    """Queue an invite QR code (scene = the invite code); `{url}` in `text` becomes its link.
+
+    Creating the code needs the WeChat API, which a handler never calls, so the sender does it.
+    """
+    payload = json.dumps({"type": "qr_invite", "scene": code, "expire_seconds": expire_seconds,
+                          "text": text}, ensure_ascii=False)
+    return await _queue(session, member_id=member_id, kind=KIND_QR_INVITE, payload=payload, now=now,
+                        priority=priority, dedupe_key=dedupe_key)
+
+
+async def claim_due(
+    session: AsyncSession,
+    *,
+    now: datetime,
+    lease_until: datetime,
+    limit: int,
+    exclude_platforms: Collection[str] = (),
+) -> list[ClaimedMessage]:
+    """Lease the next due rows (priority, then age) to this sender until `lease_until`.
+
+    A row whose lease ran out belongs to a sender that died mid-send, so it is due again. On
+    PostgreSQL SKIP LOCKED lets concurrent senders take disjoint rows; on SQLite the
+    transaction's write lock (BEGIN IMMEDIATE) serialises claims.
+    """
+    due = sa.or_(
+        sa.and_(_outbox.c.status == OutboxStatus.PENDING, _outbox.c.next_attempt_at <= now),
+        sa.and_(_outbox.c.status == OutboxStatus.SENDING, _outbox.c.lease_until <= now),
+    )
+    stmt = (
+        sa.select(_outbox.c.id, _outbox.c.member_id, _member.c.openid, _member.c.status,
+                  _outbox.c.kind, _outbox.c.payload)
+        .join(_member, _member.c.id == _outbox.c.member_id)
+        .where(due)
+        .order_by(_outbox.c.priority, _outbox.c.id)
+        .limit(limit)
+    )
+    if exclude_platforms:
+        stmt = stmt.where(_member.c.platform.not_in(list(exclude_platforms)))
+    if dialect(session) == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True, of=_outbox)
+    rows = (await session.execute(stmt)).all()
+    if not rows:
+        return []
+    await session.execute(
+        sa.update(_outbox)
+        .where(_outbox.c.id.in_([r.id for r in rows]))
+        .values(status=OutboxStatus.SENDING, lease_until=lease_until)
+    )
+    return [ClaimedMessage(id=r.id, member_id=r.member_id, openid=r.openid, member_status=r.status,
+                           kind=r.kind, payload=r.payload) for r in rows]
+
+
+async def count_attempts(session: AsyncSession, *, outbox_id: int, outcome: str) -> int:
+    """How many recorded attempts at this row ended with `outcome`."""
+    stmt = sa.select(sa.func.count()).where(
+        _attempt.c.outbox_id == outbox_id, _attempt.c.outcome == outcome
+    )
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def finish_attempt(
+    session: AsyncSession,
+    *,
+    outbox_id: int,
+    now: datetime,
+    outcome: str,
+    status: str,
+    errcode: int | None = None,
+    errmsg: str = "",
+    next_attempt_at: datetime | None = None,
+) -> None:
+    """Record one attempt and move the row to `status`, giving up the sender's lease.
+
+    Only a row still being sent moves: a sender whose lease ran out must not undo what the
+    sender that took the row over has written (above all, never turn `sent` back into `pending`).
+    """
+    await session.execute(sa.insert(_attempt).values(
+        outbox_id=outbox_id, attempted_at=now, errcode=errcode, errmsg=errmsg[:500],
+        outcome=outcome,
+    ))
+    values: dict[str, Any] = {"status": status, "lease_until": None, "last_errcode": errcode,
+                              "attempts": _outbox.c.attempts + 1}
+    if status == OutboxStatus.SENT:
+        values["sent_at"] = now
+    if next_attempt_at is not None:
+        values["next_attempt_at"] = next_attempt_at
+    await session.execute(
+        sa.update(_outbox)
+        .where(_outbox.c.id == outbox_id, _outbox.c.status == OutboxStatus.SENDING)
+        .values(**values)
+    )
+
+
+async def hold_claimed(
+    session: AsyncSession, *, outbox_ids: Collection[int], errcode: int | None
+) -> None:
+    """Hold leased rows unsent, because the member's window or budget is already known closed."""
+    if not outbox_ids:
+        return
+    await session.execute(
+        sa.update(_outbox)
+        .where(_outbox.c.id.in_(list(outbox_ids)), _outbox.c.status == OutboxStatus.SENDING)
+        .values(status=OutboxStatus.HELD, lease_until=None, last_errcode=errcode)
+    )
