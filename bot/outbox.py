@@ -1,7 +1,8 @@
 """The outbox sender: the only way a proactive message leaves, at most once after it is sent.
 
 Rows are leased in one short transaction, sent with no transaction open, and finished in
-another; a sender that dies mid-send only delays its rows until their lease runs out.
+another; a sender that dies mid-send only delays its rows until their lease runs out. Every
+transaction runs on the database's own threads (`Database.run`), never on the event loop.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import logging
 import random
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from bot.clock import Clock, SystemClock
 from bot.wechat_api import QR_MAX_EXPIRE_SECONDS, ErrorKind, WeChatAPI, WeChatAPIError
@@ -124,11 +126,10 @@ class OutboxSender:
     async def send_due(self) -> int:
         """One pass: claim due rows and send them; the number of rows processed."""
         now = self._clock.now()
-        async with self._db.session() as s:
-            claimed = await outbox.claim_due(
-                s, now=now, lease_until=now + self._lease, limit=self._batch_size,
-                exclude_platforms=(TERMINAL_PLATFORM,),
-            )
+        claimed = await self._db.run(
+            outbox.claim_due, now=now, lease_until=now + self._lease, limit=self._batch_size,
+            exclude_platforms=(TERMINAL_PLATFORM,),
+        )
         by_member: dict[int, list[outbox.ClaimedMessage]] = defaultdict(list)
         for row in claimed:
             by_member[row.member_id].append(row)
@@ -182,8 +183,7 @@ class OutboxSender:
             if hold_errcode is not None:
                 closed_errcode = hold_errcode
         if held:
-            async with self._db.session() as s:
-                await outbox.hold_claimed(s, outbox_ids=held, errcode=closed_errcode)
+            await self._db.run(outbox.hold_claimed, outbox_ids=held, errcode=closed_errcode)
 
     async def _send_row(self, row: outbox.ClaimedMessage) -> int | None:
         """Try one row and record the attempt; the errcode when the row was held, else None."""
@@ -245,23 +245,26 @@ class OutboxSender:
 
     async def _retry_later(self, row: outbox.ClaimedMessage, exc: WeChatAPIError) -> None:
         """Back off, or give up once the row has failed transiently max_attempts times."""
-        now = self._clock.now()
-        async with self._db.session() as s:
-            failures = 1 + await outbox.count_attempts(s, outbox_id=row.id, outcome=Outcome.RETRY)
-            if failures >= self._max_attempts:
-                log.error("outbox %s to member %s: giving up after %s attempts",
-                          row.id, row.member_id, failures)
-                outcome, status, due = Outcome.FAILED, OutboxStatus.FAILED, None
-            else:
-                outcome, status, due = Outcome.RETRY, OutboxStatus.PENDING, now + self.backoff(failures)
-            await outbox.finish_attempt(s, outbox_id=row.id, now=now, outcome=outcome, status=status,
-                                        errcode=exc.errcode, errmsg=exc.errmsg, next_attempt_at=due)
+        await self._db.run(self._record_retry, row=row, exc=exc, now=self._clock.now())
+
+    def _record_retry(
+        self, session: Session, *, row: outbox.ClaimedMessage, exc: WeChatAPIError, now: datetime
+    ) -> None:
+        """Count the earlier transient failures and record this one, in one transaction."""
+        failures = 1 + outbox.count_attempts(session, outbox_id=row.id, outcome=Outcome.RETRY)
+        if failures >= self._max_attempts:
+            log.error("outbox %s to member %s: giving up after %s attempts",
+                      row.id, row.member_id, failures)
+            outcome, status, due = Outcome.FAILED, OutboxStatus.FAILED, None
+        else:
+            outcome, status, due = Outcome.RETRY, OutboxStatus.PENDING, now + self.backoff(failures)
+        outbox.finish_attempt(session, outbox_id=row.id, now=now, outcome=outcome, status=status,
+                              errcode=exc.errcode, errmsg=exc.errmsg, next_attempt_at=due)
 
     async def _finish(
         self, row: outbox.ClaimedMessage, outcome: str, status: str, *,
         errcode: int | None = None, errmsg: str = "",
     ) -> None:
         """Record the attempt and the row's new status in one transaction."""
-        async with self._db.session() as s:
-            await outbox.finish_attempt(s, outbox_id=row.id, now=self._clock.now(), outcome=outcome,
-                                        status=status, errcode=errcode, errmsg=errmsg)
+        await self._db.run(outbox.finish_attempt, outbox_id=row.id, now=self._clock.now(),
+                           outcome=outcome, status=status, errcode=errcode, errmsg=errmsg)

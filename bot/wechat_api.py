@@ -19,6 +19,7 @@ from typing import Any, Self
 from urllib.parse import quote
 
 import aiohttp
+from sqlalchemy.orm import Session
 from wechatpy.constants import WeChatErrorCode  # type: ignore[import-untyped]
 
 from bot.clock import Clock, SystemClock
@@ -277,20 +278,26 @@ class WeChatAPI:
         async with self._refresh_lock:
             while True:
                 now = self._clock.now()
-                lease_until = now + self._refresh_lease
-                async with self._db.session() as s:
-                    row = await tokens.get(s, app_id=self._app_id)
-                    if row is not None and self._usable(row, stale):
-                        return self._remember(row.token, row.expires_at)  # type: ignore[arg-type]
-                    claimed = await tokens.claim_refresh(
-                        s, app_id=self._app_id, seen_token=row.token if row else None,
-                        now=now, lease_until=lease_until,
-                    )
-                if claimed:
+                found = await self._db.run(self._find_or_claim, stale=stale, now=now,
+                                           lease_until=now + self._refresh_lease)
+                if isinstance(found, _CachedToken):
+                    return self._remember(found.token, found.expires_at)
+                if found:
                     return await self._fetch_and_store()
                 if loop.time() >= give_up_at:
                     raise TransientAPIError("another worker's access_token refresh did not finish")
                 await asyncio.sleep(self._poll_interval)
+
+    def _find_or_claim(
+        self, session: Session, *, stale: str | None, now: datetime, lease_until: datetime
+    ) -> _CachedToken | bool:
+        """In one transaction: a usable stored token, else whether we took the refresh lease."""
+        row = tokens.get(session, app_id=self._app_id)
+        if row is not None and self._usable(row, stale):
+            return _CachedToken(row.token, row.expires_at)  # type: ignore[arg-type]
+        return tokens.claim_refresh(session, app_id=self._app_id,
+                                    seen_token=row.token if row else None,
+                                    now=now, lease_until=lease_until)
 
     def _fresh(self, expires_at: datetime) -> bool:
         return expires_at - self._clock.now() > self._refresh_margin
@@ -315,9 +322,8 @@ class WeChatAPI:
                 raise TokenFetchError(None, "the /cgi-bin/token answer has no access_token")
             now = self._clock.now()
             expires_at = now + timedelta(seconds=int(answer.get("expires_in", 7200)))
-            async with self._db.session() as s:
-                await tokens.store(s, app_id=self._app_id, token=token, expires_at=expires_at,
-                                   now=now)
+            await self._db.run(tokens.store, app_id=self._app_id, token=token,
+                               expires_at=expires_at, now=now)
             stored = True
             log.info("fetched a new access_token for app %s", self._app_id)
             return self._remember(token, expires_at)
@@ -330,8 +336,7 @@ class WeChatAPI:
             ) from None
         finally:
             if not stored:
-                async with self._db.session() as s:
-                    await tokens.release_refresh(s, app_id=self._app_id)
+                await self._db.run(tokens.release_refresh, app_id=self._app_id)
 
     # -- HTTP ---------------------------------------------------------------------------------
 

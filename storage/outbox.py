@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from handlers.replies import ChoicesReply, NoReply, Reply, reply_to_json
 from storage.models import Member, OutboxAttempt, OutboxMessage, OutboxStatus
@@ -30,8 +30,8 @@ KIND_TEMPLATE = "template"  # a template message: not bound to the 48-hour windo
 KIND_QR_INVITE = "qr_invite"  # the sender creates the QR code, then sends the text with its link
 
 
-async def enqueue(
-    session: AsyncSession,
+def enqueue(
+    session: Session,
     *,
     member_id: int,
     reply: Reply,
@@ -42,14 +42,14 @@ async def enqueue(
     """Queue a message for a member; False when nothing was queued (empty, or key seen before)."""
     if isinstance(reply, NoReply):
         return False
-    return await _queue(
+    return _queue(
         session, member_id=member_id, kind="choices" if isinstance(reply, ChoicesReply) else "text",
         payload=reply_to_json(reply), now=now, priority=priority, dedupe_key=dedupe_key,
     )
 
 
-async def _queue(
-    session: AsyncSession,
+def _queue(
+    session: Session,
     *,
     member_id: int,
     kind: str,
@@ -71,14 +71,14 @@ async def _queue(
         "dedupe_key": dedupe_key,
     }
     if dedupe_key is None:
-        await session.execute(sa.insert(_outbox).values(**values))
+        session.execute(sa.insert(_outbox).values(**values))
         return True
-    return await insert_ignore(session, _outbox, values, conflict=["dedupe_key"])
+    return insert_ignore(session, _outbox, values, conflict=["dedupe_key"])
 
 
-async def release_held(session: AsyncSession, *, member_id: int, now: datetime) -> int:
+def release_held(session: Session, *, member_id: int, now: datetime) -> int:
     """The member wrote again, so their window is open: held messages become due."""
-    result = await session.execute(
+    result = session.execute(
         sa.update(_outbox)
         .where(_outbox.c.member_id == member_id, _outbox.c.status == OutboxStatus.HELD)
         .values(status=OutboxStatus.PENDING, next_attempt_at=now)
@@ -98,8 +98,8 @@ class ClaimedMessage:
     payload: str
 
 
-async def enqueue_template(
-    session: AsyncSession,
+def enqueue_template(
+    session: Session,
     *,
     member_id: int,
     template_id: str,
@@ -112,12 +112,12 @@ async def enqueue_template(
     """Queue a template message (it can reach a follower outside the 48-hour window)."""
     payload = json.dumps({"type": "template", "template_id": template_id, "data": data, "url": url},
                          ensure_ascii=False)
-    return await _queue(session, member_id=member_id, kind=KIND_TEMPLATE, payload=payload, now=now,
-                        priority=priority, dedupe_key=dedupe_key)
+    return _queue(session, member_id=member_id, kind=KIND_TEMPLATE, payload=payload, now=now,
+                  priority=priority, dedupe_key=dedupe_key)
 
 
-async def enqueue_qr_invite(
-    session: AsyncSession,
+def enqueue_qr_invite(
+    session: Session,
     *,
     member_id: int,
     code: str,
@@ -133,12 +133,12 @@ async def enqueue_qr_invite(
     """
     payload = json.dumps({"type": "qr_invite", "scene": code, "expire_seconds": expire_seconds,
                           "text": text}, ensure_ascii=False)
-    return await _queue(session, member_id=member_id, kind=KIND_QR_INVITE, payload=payload, now=now,
-                        priority=priority, dedupe_key=dedupe_key)
+    return _queue(session, member_id=member_id, kind=KIND_QR_INVITE, payload=payload, now=now,
+                  priority=priority, dedupe_key=dedupe_key)
 
 
-async def claim_due(
-    session: AsyncSession,
+def claim_due(
+    session: Session,
     *,
     now: datetime,
     lease_until: datetime,
@@ -167,10 +167,10 @@ async def claim_due(
         stmt = stmt.where(_member.c.platform.not_in(list(exclude_platforms)))
     if dialect(session) == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True, of=_outbox)
-    rows = (await session.execute(stmt)).all()
+    rows = session.execute(stmt).all()
     if not rows:
         return []
-    await session.execute(
+    session.execute(
         sa.update(_outbox)
         .where(_outbox.c.id.in_([r.id for r in rows]))
         .values(status=OutboxStatus.SENDING, lease_until=lease_until)
@@ -179,16 +179,16 @@ async def claim_due(
                            kind=r.kind, payload=r.payload) for r in rows]
 
 
-async def count_attempts(session: AsyncSession, *, outbox_id: int, outcome: str) -> int:
+def count_attempts(session: Session, *, outbox_id: int, outcome: str) -> int:
     """How many recorded attempts at this row ended with `outcome`."""
     stmt = sa.select(sa.func.count()).where(
         _attempt.c.outbox_id == outbox_id, _attempt.c.outcome == outcome
     )
-    return int((await session.execute(stmt)).scalar_one())
+    return int(session.execute(stmt).scalar_one())
 
 
-async def finish_attempt(
-    session: AsyncSession,
+def finish_attempt(
+    session: Session,
     *,
     outbox_id: int,
     now: datetime,
@@ -203,7 +203,7 @@ async def finish_attempt(
     Only a row still being sent moves: a sender whose lease ran out must not undo what the
     sender that took the row over has written (above all, never turn `sent` back into `pending`).
     """
-    await session.execute(sa.insert(_attempt).values(
+    session.execute(sa.insert(_attempt).values(
         outbox_id=outbox_id, attempted_at=now, errcode=errcode, errmsg=errmsg[:500],
         outcome=outcome,
     ))
@@ -213,20 +213,20 @@ async def finish_attempt(
         values["sent_at"] = now
     if next_attempt_at is not None:
         values["next_attempt_at"] = next_attempt_at
-    await session.execute(
+    session.execute(
         sa.update(_outbox)
         .where(_outbox.c.id == outbox_id, _outbox.c.status == OutboxStatus.SENDING)
         .values(**values)
     )
 
 
-async def hold_claimed(
-    session: AsyncSession, *, outbox_ids: Collection[int], errcode: int | None
+def hold_claimed(
+    session: Session, *, outbox_ids: Collection[int], errcode: int | None
 ) -> None:
     """Hold leased rows unsent, because the member's window or budget is already known closed."""
     if not outbox_ids:
         return
-    await session.execute(
+    session.execute(
         sa.update(_outbox)
         .where(_outbox.c.id.in_(list(outbox_ids)), _outbox.c.status == OutboxStatus.SENDING)
         .values(status=OutboxStatus.HELD, lease_until=None, last_errcode=errcode)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from storage.models import AccessToken
 from storage.sql import insert_ignore
@@ -13,13 +13,13 @@ from storage.sql import insert_ignore
 _token = AccessToken.__table__  # type: ignore[attr-defined]
 
 
-async def get(session: AsyncSession, *, app_id: str) -> AccessToken | None:
+def get(session: Session, *, app_id: str) -> AccessToken | None:
     """The stored token row for this app, if any worker ever fetched one."""
-    return await session.get(AccessToken, app_id, populate_existing=True)
+    return session.get(AccessToken, app_id, populate_existing=True)
 
 
-async def claim_refresh(
-    session: AsyncSession, *, app_id: str, seen_token: str | None, now: datetime, lease_until: datetime
+def claim_refresh(
+    session: Session, *, app_id: str, seen_token: str | None, now: datetime, lease_until: datetime
 ) -> bool:
     """Take the refresh lease; False when another worker holds it or already stored a new token.
 
@@ -27,7 +27,7 @@ async def claim_refresh(
     before someone else stored a fresh token does not fetch a second one (each fetch
     invalidates the previous token and spends the 2000-a-day quota).
     """
-    await insert_ignore(session, _token, {"app_id": app_id}, conflict=["app_id"])
+    insert_ignore(session, _token, {"app_id": app_id}, conflict=["app_id"])
     stmt = (
         sa.update(_token)
         .where(
@@ -36,25 +36,25 @@ async def claim_refresh(
             _token.c.token.is_not_distinct_from(seen_token),
         )
         .values(refresh_lock_until=lease_until)
-        # RETURNING, not rowcount, for the same reason as storage.sql.insert_ignore.
+        # RETURNING, not rowcount: one statement that says whether this worker took the lease.
         .returning(_token.c.app_id)
     )
-    return (await session.execute(stmt)).first() is not None
+    return session.execute(stmt).first() is not None
 
 
-async def store(
-    session: AsyncSession, *, app_id: str, token: str, expires_at: datetime, now: datetime
+def store(
+    session: Session, *, app_id: str, token: str, expires_at: datetime, now: datetime
 ) -> None:
     """Save a freshly fetched token and give up the refresh lease."""
-    await session.execute(
+    session.execute(
         sa.update(_token)
         .where(_token.c.app_id == app_id)
         .values(token=token, expires_at=expires_at, refreshed_at=now, refresh_lock_until=None)
     )
 
 
-async def release_refresh(session: AsyncSession, *, app_id: str) -> None:
+def release_refresh(session: Session, *, app_id: str) -> None:
     """Give up the refresh lease after a failed fetch, so another worker may try at once."""
-    await session.execute(
+    session.execute(
         sa.update(_token).where(_token.c.app_id == app_id).values(refresh_lock_until=None)
     )

@@ -43,7 +43,7 @@ MakeAPI = Callable[..., WeChatAPI]
 
 
 def _our_log(caplog: pytest.LogCaptureFixture) -> str:
-    """Everything our own modules logged (aiosqlite's DEBUG log echoes SQL parameters)."""
+    """Everything our own modules logged (SQLAlchemy's DEBUG log echoes SQL parameters)."""
     return "\n".join(r.getMessage() for r in caplog.records if r.name.startswith(("bot", "storage")))
 
 
@@ -149,8 +149,8 @@ async def test_two_workers_share_one_token(
     # A worker started later reads the stored token instead of fetching one.
     await make_api().send_text("o-late", "hi")
     assert fake_api.token_fetches == 1
-    async with db.session() as s:
-        row = await tokens.get(s, app_id=APP_ID)
+    with db.session() as s:
+        row = tokens.get(s, app_id=APP_ID)
     assert row is not None and row.token == "fake-token-1" and row.refresh_lock_until is None
     assert row.expires_at == NOW + timedelta(seconds=7200)
 
@@ -222,8 +222,8 @@ async def test_wrong_secret_names_the_setting_and_frees_the_lease(
     assert caught.value.errcode == 40125 and caught.value.kind is ErrorKind.RETRY
     assert "wechat.app_secret" in str(caught.value) and "not-the-secret" not in str(caught.value)
     assert not fake_api.calls_to(CUSTOM_SEND_PATH)
-    async with db.session() as s:
-        row = await tokens.get(s, app_id=APP_ID)
+    with db.session() as s:
+        row = tokens.get(s, app_id=APP_ID)
     assert row is not None and row.token is None and row.refresh_lock_until is None
     # The right secret works at once: the failed fetch left no lease behind.
     await make_api().send_text("o-a", "hi")
@@ -256,18 +256,18 @@ def test_errcodes_are_classified() -> None:
 
 async def test_refresh_lease_is_claimed_only_on_the_token_seen(db: Database) -> None:
     later = NOW + timedelta(seconds=30)
-    async with db.session() as s:
-        assert await tokens.claim_refresh(s, app_id=APP_ID, seen_token=None, now=NOW, lease_until=later)
+    with db.session() as s:
+        assert tokens.claim_refresh(s, app_id=APP_ID, seen_token=None, now=NOW, lease_until=later)
         # Held: nobody else may fetch until it is given back or runs out.
-        assert not await tokens.claim_refresh(s, app_id=APP_ID, seen_token=None, now=NOW,
-                                              lease_until=later)
-        await tokens.store(s, app_id=APP_ID, token="new", expires_at=NOW + timedelta(hours=2), now=NOW)
+        assert not tokens.claim_refresh(s, app_id=APP_ID, seen_token=None, now=NOW,
+                                        lease_until=later)
+        tokens.store(s, app_id=APP_ID, token="new", expires_at=NOW + timedelta(hours=2), now=NOW)
         # A worker that read the row before "new" was stored must not fetch yet another token.
-        assert not await tokens.claim_refresh(s, app_id=APP_ID, seen_token=None, now=NOW,
-                                              lease_until=later)
-        assert await tokens.claim_refresh(s, app_id=APP_ID, seen_token="new", now=NOW,
-                                          lease_until=later)
-        assert not await tokens.claim_refresh(s, app_id=APP_ID, seen_token="new", now=NOW,
-                                              lease_until=later)
-        assert await tokens.claim_refresh(s, app_id=APP_ID, seen_token="new", now=later,
-                                          lease_until=later + timedelta(seconds=30))
+        assert not tokens.claim_refresh(s, app_id=APP_ID, seen_token=None, now=NOW,
+                                        lease_until=later)
+        assert tokens.claim_refresh(s, app_id=APP_ID, seen_token="new", now=NOW,
+                                    lease_until=later)
+        assert not tokens.claim_refresh(s, app_id=APP_ID, seen_token="new", now=NOW,
+                                        lease_until=later)
+        assert tokens.claim_refresh(s, app_id=APP_ID, seen_token="new", now=later,
+                                    lease_until=later + timedelta(seconds=30))
