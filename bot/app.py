@@ -9,8 +9,9 @@ import logging
 from datetime import timedelta
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Optional
+from typing import Callable, Optional
 
+import sqlalchemy as sa
 from aiohttp import web
 
 from bot.clock import Clock, SystemClock
@@ -54,7 +55,7 @@ def build_services(
     config: Config,
     *,
     clock: Optional[Clock] = None,
-    handler: Optional[Callable[[Context], Awaitable[Reply]]] = None,
+    handler: Optional[Callable[[Context], Reply]] = None,
     answer_deadline: float = ANSWER_DEADLINE,
 ) -> Services:
     """Wire the parts together without starting anything."""
@@ -93,7 +94,7 @@ def create_app(
     clock: Optional[Clock] = None,
     run_sender: bool = True,
     run_scheduler: Optional[bool] = None,
-    handler: Optional[Callable[[Context], Awaitable[Reply]]] = None,
+    handler: Optional[Callable[[Context], Reply]] = None,
     answer_deadline: float = ANSWER_DEADLINE,
 ) -> web.Application:
     """The webhook application; starting it migrates the database and starts background work.
@@ -171,12 +172,10 @@ async def _export(request: web.Request) -> web.Response:
     token = request.match_info["token"]
     if not 16 <= len(token) <= 64:
         raise web.HTTPNotFound(text="not found")
-    async with services.db.session() as session:
-        member_id = await exports.consume_link(session, token=token, now=services.clock.now())
-        data = await exports.collect(session, member_id=member_id) if member_id is not None else None
+    data = await services.db.run(exports.use_link, token=token, now=services.clock.now())
     if not data:
         raise web.HTTPNotFound(text="not found")
-    log.info("served a data export to member %s", member_id)
+    log.info("served a one-time data export")
     return web.Response(
         text=json.dumps(data, ensure_ascii=False, indent=2), content_type="application/json",
         headers={"Content-Disposition": 'attachment; filename="yinjian-export.json"',
@@ -187,8 +186,7 @@ async def _export(request: web.Request) -> web.Response:
 async def _healthz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     try:
-        async with services.db.session() as session:
-            await session.connection()
+        await services.db.run(lambda session: session.execute(sa.text("SELECT 1")))
     except Exception as exc:  # noqa: BLE001 - any database failure means "not healthy"
         log.warning("health check failed: %s", type(exc).__name__)
         return web.json_response({"status": "unavailable", "database": "down"}, status=503)

@@ -50,19 +50,12 @@ async def run_chat(config: Config, *, user: str, stdin: Optional[TextIO] = None,
         await show_queued()
 
     async def show_queued() -> None:
-        async with db.session() as session:
-            member = await members.get(session, platform=PLATFORM, openid=user)
-            if member is None or member.id is None:
-                return
-            queued = await outbox_terminal.queued_for(session, member_id=member.id)
-            for message in queued:
-                say(_indent("bot (message)", as_plain_text(reply_from_json(message.payload))))
-            await outbox_terminal.mark_shown(session, messages=queued, now=clock.now())
+        for payload in await db.run(outbox_terminal.take_for, platform=PLATFORM, openid=user, now=clock.now()):
+            say(_indent("bot (message)", as_plain_text(reply_from_json(payload))))
 
     try:
-        async with db.session() as session:
-            known = await members.get(session, platform=PLATFORM, openid=user)
-            lang = known.lang if known and known.lang else DEFAULT_LANG
+        known = await db.run(members.get, platform=PLATFORM, openid=user)
+        lang = known.lang if known and known.lang else DEFAULT_LANG
         say(text(lang, "chat_banner", user=user))
         if known is None:
             await send(EventKind.SUBSCRIBE)  # a new member follows first, as on WeChat

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from datetime import datetime
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
-from typing import Awaitable, Callable, Optional
+from sqlalchemy.orm import Session
+from typing import Callable, Optional
 
 from bot.clock import Clock
 from handlers import core
@@ -37,11 +40,23 @@ class _Delivery:
     """One push being handled in this process."""
 
     event: InboundEvent
-    started: float
+    started: float  # time.monotonic()
     result: "asyncio.Future[Reply]"
     answered_elsewhere: bool = False  # the webhook gave up waiting and answered `success`
-    passive: bool = False  # the reply went into the HTTP answer (not the outbox)
     task: Optional["asyncio.Task[None]"] = None
+
+    def elapsed(self) -> float:
+        """Seconds since the push arrived (safe to call from the database thread)."""
+        return time.monotonic() - self.started
+
+
+@dataclass
+class _Outcome:
+    """What the database thread learned about a push, for the event loop."""
+
+    member_lang: str = DEFAULT_LANG
+    late: bool = False
+    duplicate: bool = False
 
 
 @dataclass
@@ -53,7 +68,7 @@ class Dispatcher:
     answer_deadline: float = ANSWER_DEADLINE
     passive_cutoff: float = PASSIVE_CUTOFF
     on_outbox: Callable[[], None] = lambda: None
-    handler: Callable[[Context], Awaitable[Reply]] = core.handle
+    handler: Callable[[Context], Reply] = core.handle
     settings: Settings = field(default_factory=Settings)
     _inflight: dict[str, _Delivery] = field(default_factory=dict)
     _member_locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
@@ -64,14 +79,14 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         delivery = self._inflight.get(event.dedupe_key)
         if delivery is None:
-            delivery = _Delivery(event=event, started=loop.time(), result=loop.create_future())
+            delivery = _Delivery(event=event, started=time.monotonic(), result=loop.create_future())
             self._inflight[event.dedupe_key] = delivery
             delivery.task = asyncio.create_task(self._run(delivery))
         else:
             log.info("retry of %s joins the delivery in progress", event.dedupe_key)
-        remaining = self.answer_deadline - (loop.time() - delivery.started)
         try:
-            return await asyncio.wait_for(asyncio.shield(delivery.result), max(remaining, 0.0))
+            # Each delivery, a retry included, waits at most the deadline from its own arrival.
+            return await asyncio.wait_for(asyncio.shield(delivery.result), self.answer_deadline)
         except TimeoutError:
             delivery.answered_elsewhere = True
             log.warning("push %s is slow; answered success, its reply will go through the outbox",
@@ -81,7 +96,7 @@ class Dispatcher:
     async def process(self, event: InboundEvent) -> Reply:
         """Handle one event with no deadline (the terminal chat and jobs use this)."""
         loop = asyncio.get_running_loop()
-        delivery = _Delivery(event=event, started=loop.time(), result=loop.create_future())
+        delivery = _Delivery(event=event, started=time.monotonic(), result=loop.create_future())
         self._inflight[event.dedupe_key] = delivery
         await self._run(delivery, deadline=False)
         return delivery.result.result()
@@ -107,66 +122,73 @@ class Dispatcher:
 
     async def _handle_once(self, delivery: _Delivery, *, deadline: bool) -> Reply:
         event, now = delivery.event, self.clock.now()
-        member_lang = DEFAULT_LANG
+        outcome = _Outcome()
         try:
-            async with self.db.session() as session:
-                if not await pushes.claim(session, key=event.dedupe_key, openid=event.member_id, now=now):
-                    log.info("duplicate push %s answered from its stored result", event.dedupe_key)
-                    return reply_from_json(await pushes.stored_reply(session, key=event.dedupe_key))
-                member = await members.touch(
-                    session, platform=event.platform, openid=event.member_id, now=now,
-                    user_message=event.is_user_message,
-                    event=event.kind in {EventKind.SUBSCRIBE, EventKind.SCAN, EventKind.CLICK},
-                )
-                member_lang = member.lang or DEFAULT_LANG
-                if event.is_user_message:
-                    await outbox.release_held(session, member_id=member.id or 0, now=now)
-                ctx = Context(event=event, member=member, session=session, now=now,
-                              settings=self.settings, push_key=event.dedupe_key)
-                reply = await self.handler(ctx)
-                late = deadline and (delivery.answered_elsewhere or self._elapsed(delivery) > self.passive_cutoff)
-                if late and sa.inspect(member).was_deleted:
-                    late = False  # the member erased themselves; a late reply has nobody to reach
-                if late:
-                    await outbox.enqueue(session, member_id=member.id or 0, reply=reply, now=now,
-                                         priority=outbox.PRIORITY_REPLY)
-                    await pushes.finish(session, key=event.dedupe_key, reply=reply_to_json(NoReply()))
-                else:
-                    await pushes.finish(session, key=event.dedupe_key, reply=reply_to_json(reply))
-                delivery.passive = not late
+            reply = await self.db.run(self._in_transaction, delivery=delivery, now=now,
+                                      deadline=deadline, outcome=outcome)
         except Exception:
             log.exception("handler failed for push %s (%s)", event.dedupe_key, event.raw_type or event.kind)
-            reply = TextReply(text(member_lang, "error"))
+            reply = TextReply(text(outcome.member_lang, "error"))
             await self._store_failure(event, reply)
             return reply
-        if late:
+        if outcome.late:
             self.on_outbox()
             return NoReply()
-        if delivery.answered_elsewhere and not isinstance(reply, NoReply):
+        if delivery.answered_elsewhere and not isinstance(reply, NoReply) and not outcome.duplicate:
             # The commit itself outlived the deadline: the member never saw the passive reply.
-            await self._enqueue_late(event, reply)
+            await self.db.run(self._move_to_outbox, event=event, reply=reply)
+            self.on_outbox()
         return reply
 
-    def _elapsed(self, delivery: _Delivery) -> float:
-        return asyncio.get_running_loop().time() - delivery.started
+    def _in_transaction(self, session: Session, *, delivery: _Delivery, now: datetime, deadline: bool,
+                        outcome: "_Outcome") -> Reply:
+        """Claim, record the member, run the handler and store the reply: one transaction."""
+        event = delivery.event
+        if not pushes.claim(session, key=event.dedupe_key, openid=event.member_id, now=now):
+            log.info("duplicate push %s answered from its stored result", event.dedupe_key)
+            outcome.duplicate = True
+            return reply_from_json(pushes.stored_reply(session, key=event.dedupe_key))
+        member = members.touch(
+            session, platform=event.platform, openid=event.member_id, now=now,
+            user_message=event.is_user_message,
+            event=event.kind in {EventKind.SUBSCRIBE, EventKind.SCAN, EventKind.CLICK},
+        )
+        outcome.member_lang = member.lang or DEFAULT_LANG
+        if event.is_user_message:
+            outbox.release_held(session, member_id=member.id or 0, now=now)
+        ctx = Context(event=event, member=member, session=session, now=now,
+                      settings=self.settings, push_key=event.dedupe_key)
+        reply = self.handler(ctx)
+        late = deadline and (delivery.answered_elsewhere or delivery.elapsed() > self.passive_cutoff)
+        if late and sa.inspect(member).was_deleted:
+            late = False  # the member erased themselves; a late reply has nobody to reach
+        if late:
+            outbox.enqueue(session, member_id=member.id or 0, reply=reply, now=now,
+                           priority=outbox.PRIORITY_REPLY)
+            pushes.finish(session, key=event.dedupe_key, reply=reply_to_json(NoReply()))
+        else:
+            pushes.finish(session, key=event.dedupe_key, reply=reply_to_json(reply))
+        outcome.late = late
+        return reply
 
     async def _store_failure(self, event: InboundEvent, reply: Reply) -> None:
         """A failed handler's push still counts as handled, so a retry gets the same apology."""
+
+        def store(session: Session) -> None:
+            if pushes.claim(session, key=event.dedupe_key, openid=event.member_id, now=self.clock.now()):
+                pushes.finish(session, key=event.dedupe_key, reply=reply_to_json(reply))
+
         try:
-            async with self.db.session() as session:
-                if await pushes.claim(session, key=event.dedupe_key, openid=event.member_id, now=self.clock.now()):
-                    await pushes.finish(session, key=event.dedupe_key, reply=reply_to_json(reply))
+            await self.db.run(store)
         except Exception:
             log.exception("could not record failed push %s", event.dedupe_key)
 
-    async def _enqueue_late(self, event: InboundEvent, reply: Reply) -> None:
-        async with self.db.session() as session:
-            member = await members.get(session, platform=event.platform, openid=event.member_id)
-            if member is not None and member.id is not None:
-                await outbox.enqueue(session, member_id=member.id, reply=reply, now=self.clock.now(),
-                                     priority=outbox.PRIORITY_REPLY)
-                await pushes.finish(session, key=event.dedupe_key, reply=reply_to_json(NoReply()))
-        self.on_outbox()
+    def _move_to_outbox(self, session: Session, *, event: InboundEvent, reply: Reply) -> None:
+        member = members.get(session, platform=event.platform, openid=event.member_id)
+        if member is not None and member.id is not None:
+            outbox.enqueue(session, member_id=member.id, reply=reply, now=self.clock.now(),
+                           priority=outbox.PRIORITY_REPLY)
+            pushes.finish(session, key=event.dedupe_key, reply=reply_to_json(NoReply()))
 
     def _member_lock(self, event: InboundEvent) -> "_MemberLock":
         return _MemberLock(self, (event.platform, event.member_id))

@@ -17,7 +17,7 @@ _LANG_WORDS = {
 
 @router.command("help", en=["help", "h", "?"], zh=["帮助", "菜单"], summary="summary_help",
                 usage_en="help", usage_zh="帮助")
-async def help_command(ctx: Context, args: str) -> Reply:
+def help_command(ctx: Context, args: str) -> Reply:
     """List every command with its usage in the member's language."""
     from handlers.core import root_router
 
@@ -33,21 +33,21 @@ async def help_command(ctx: Context, args: str) -> Reply:
 
 @router.command("lang", en=["lang", "language"], zh=["语言"], summary="summary_lang",
                 usage_en="lang en|zh", usage_zh="语言 中文|英文")
-async def lang_command(ctx: Context, args: str) -> Reply:
+def lang_command(ctx: Context, args: str) -> Reply:
     """Switch the reply language."""
     lang = _LANG_WORDS.get(normalize(args))
     if lang is None:
         return TextReply(ctx.t("lang_usage"))
-    await members.set_lang(ctx.session, member=ctx.member, lang=lang, explicit=True)
+    members.set_lang(ctx.session, member=ctx.member, lang=lang, explicit=True)
     return TextReply(ctx.t("lang_set"))
 
 
-async def welcome(ctx: Context, *, returning: bool) -> Reply:
+def welcome(ctx: Context, *, returning: bool) -> Reply:
     """What a new (or returning) follower sees first."""
     return TextReply(ctx.t("welcome_back" if returning else "welcome"))
 
 
-async def unknown(ctx: Context) -> Reply:
+def unknown(ctx: Context) -> Reply:
     """A short, helpful answer to text that is no command: never silence."""
     shown = ctx.event.text.strip()
     if not shown:

@@ -45,16 +45,16 @@ def invalid_text(ctx: Context, field_name: str, problem: fields.Invalid) -> str:
 
 
 @router.command("card", en=["card", "my card"], zh=["名片", "我的名片"], summary="summary_card")
-async def card_command(ctx: Context, args: str) -> Reply:
+def card_command(ctx: Context, args: str) -> Reply:
     """Show my card, with who can see each field."""
     mid = ctx.member.id or 0
-    values = cards.values(await cards.get(ctx.session, member_id=mid))
-    return TextReply(render_card(ctx, values, await privacy.get(ctx.session, member_id=mid)))
+    values = cards.values(cards.get(ctx.session, member_id=mid))
+    return TextReply(render_card(ctx, values, privacy.get(ctx.session, member_id=mid)))
 
 
 @router.command("set", en=["set"], zh=["设置"], summary="summary_set",
                 usage_en="set FIELD VALUE", usage_zh="设置 字段 值")
-async def set_command(ctx: Context, args: str) -> Reply:
+def set_command(ctx: Context, args: str) -> Reply:
     """Set one field of my card."""
     field_name, value = fields.split_alias(args, fields.FIELD_ALIASES)
     if field_name is None:
@@ -64,7 +64,7 @@ async def set_command(ctx: Context, args: str) -> Reply:
     parsed = fields.parse_value(field_name, value)
     if isinstance(parsed, fields.Invalid):
         return TextReply(invalid_text(ctx, field_name, parsed))
-    await cards.save(ctx.session, member_id=ctx.member.id or 0, changes={field_name: parsed}, now=ctx.now)
+    cards.save(ctx.session, member_id=ctx.member.id or 0, changes={field_name: parsed}, now=ctx.now)
     return TextReply(ctx.t("field_saved", field=ctx.t(f"field_{field_name}"), value=show_value(ctx, parsed)))
 
 
@@ -84,15 +84,15 @@ FIELD_ALIASES_SHOWN = {
 
 @router.command("card edit", en=["card edit", "edit card"], zh=["编辑名片", "名片 编辑"],
                 summary="summary_card_edit", usage_en="card edit", usage_zh="编辑名片")
-async def card_edit_command(ctx: Context, args: str) -> Reply:
+def card_edit_command(ctx: Context, args: str) -> Reply:
     """Start the step-by-step card editor."""
     state = DialogState(name=CARD_EDIT, step=FIELD_NAMES[0], data={}, updated_at=ctx.now)
-    await dialogs.put(ctx.session, member_id=ctx.member.id or 0, state=state)
-    return TextReply(ctx.t("edit_intro") + "\n\n" + await _prompt(ctx, FIELD_NAMES[0]))
+    dialogs.put(ctx.session, member_id=ctx.member.id or 0, state=state)
+    return TextReply(ctx.t("edit_intro") + "\n\n" + _prompt(ctx, FIELD_NAMES[0]))
 
 
-async def _prompt(ctx: Context, step: str) -> str:
-    current = cards.values(await cards.get(ctx.session, member_id=ctx.member.id or 0))[step]
+def _prompt(ctx: Context, step: str) -> str:
+    current = cards.values(cards.get(ctx.session, member_id=ctx.member.id or 0))[step]
     spec = SPECS[step]
     limit = ctx.t("limit_tags", max=cards.MAX_TAGS, each=spec.max_len) if spec.tags else \
         ctx.t("limit_chars", max=spec.max_len)
@@ -100,34 +100,34 @@ async def _prompt(ctx: Context, step: str) -> str:
                  field=ctx.t(f"field_{step}"), limit=limit, current=show_value(ctx, current))
 
 
-async def card_edit_step(ctx: Context, state: DialogState, text: str) -> Reply:
+def card_edit_step(ctx: Context, state: DialogState, text: str) -> Reply:
     """One answer in the card editor; the state is written through on every step."""
     mid = ctx.member.id or 0
     answer = normalize(text)
     if answer in CANCEL:
-        await dialogs.clear(ctx.session, member_id=mid)
+        dialogs.clear(ctx.session, member_id=mid)
         return TextReply(ctx.t("edit_cancelled"))
     data = dict(state.data)
     if answer not in SKIP:
         parsed = fields.parse_value(state.step, text)
         if isinstance(parsed, fields.Invalid):
             # The answer is refused, the step stays where it is, and nothing is lost.
-            await dialogs.put(ctx.session, member_id=mid,
+            dialogs.put(ctx.session, member_id=mid,
                               state=DialogState(state.name, state.step, data, ctx.now))
-            return TextReply(invalid_text(ctx, state.step, parsed) + "\n\n" + await _prompt(ctx, state.step))
+            return TextReply(invalid_text(ctx, state.step, parsed) + "\n\n" + _prompt(ctx, state.step))
         data[state.step] = parsed
     index = FIELD_NAMES.index(state.step) + 1
     if index < len(FIELD_NAMES):
         nxt = FIELD_NAMES[index]
-        await dialogs.put(ctx.session, member_id=mid, state=DialogState(state.name, nxt, data, ctx.now))
-        return TextReply(await _prompt(ctx, nxt))
+        dialogs.put(ctx.session, member_id=mid, state=DialogState(state.name, nxt, data, ctx.now))
+        return TextReply(_prompt(ctx, nxt))
     # The card is written once, at the end: a cancelled or abandoned edit leaves no half card.
-    await dialogs.clear(ctx.session, member_id=mid)
+    dialogs.clear(ctx.session, member_id=mid)
     if data:
-        await cards.save(ctx.session, member_id=mid, changes=data, now=ctx.now)
-    values = cards.values(await cards.get(ctx.session, member_id=mid))
+        cards.save(ctx.session, member_id=mid, changes=data, now=ctx.now)
+    values = cards.values(cards.get(ctx.session, member_id=mid))
     done = ctx.t("edit_done") if data else ctx.t("edit_nothing")
-    return TextReply(done + "\n\n" + render_card(ctx, values, await privacy.get(ctx.session, member_id=mid)))
+    return TextReply(done + "\n\n" + render_card(ctx, values, privacy.get(ctx.session, member_id=mid)))
 
 
 DIALOGS = {CARD_EDIT: card_edit_step}

@@ -19,18 +19,18 @@ def _days(ctx: Context) -> int:
 
 
 @router.command("invite", en=["invite"], zh=["邀请"], summary="summary_invite")
-async def invite_command(ctx: Context, args: str) -> Reply:
+def invite_command(ctx: Context, args: str) -> Reply:
     """A fresh personal invite: the code, the exact text to forward, and a QR code if possible."""
-    invite = await invites.create(ctx.session, inviter_id=ctx.member.id or 0, now=ctx.now,
+    invite = invites.create(ctx.session, inviter_id=ctx.member.id or 0, now=ctx.now,
                                   ttl=ctx.settings.invite_ttl, max_uses=ctx.settings.invite_max_uses)
     uses = ctx.t("invite_single") if invite.max_uses == 1 else ctx.t("invite_multi", n=invite.max_uses)
     text = ctx.t("invite_text", code=invite.code, days=_days(ctx), uses=uses,
                  join=ctx.t("join_phrase", code=invite.code))
     if ctx.settings.qr_invites:
-        await outbox.enqueue_qr_invite(
+        outbox.enqueue_qr_invite(
             ctx.session, member_id=ctx.member.id or 0, code=invite.code, now=ctx.now,
             expire_seconds=int(ctx.settings.invite_ttl.total_seconds()),
-            text=ctx.t("invite_qr", days=_days(ctx)),
+            text=ctx.t("invite_qr", days=_days(ctx), url="{url}"),  # the sender fills in {url}
         )
         text += "\n\n" + ctx.t("invite_qr_follows")
     return TextReply(text)
@@ -38,19 +38,19 @@ async def invite_command(ctx: Context, args: str) -> Reply:
 
 @router.command("join", en=["join"], zh=["加入"], summary="summary_join",
                 usage_en="join CODE", usage_zh="加入 邀请码")
-async def join_command(ctx: Context, args: str) -> Reply:
+def join_command(ctx: Context, args: str) -> Reply:
     """Use an invite code."""
     if not args.strip():
         return TextReply(ctx.t("join_usage"))
-    return await join_with_code(ctx, args, source="invite")
+    return join_with_code(ctx, args, source="invite")
 
 
-async def join_with_code(ctx: Context, raw_code: str, *, source: str) -> Reply:
+def join_with_code(ctx: Context, raw_code: str, *, source: str) -> Reply:
     """Connect the member with the code's inviter, and tell both; refusals change nothing."""
     code = invites.clean_code(raw_code)
     me = ctx.member.id or 0
-    invite = await invites.get_for_update(ctx.session, code=code) if code else None
-    inviter = await ctx.session.get(Member, invite.inviter_id) if invite else None
+    invite = invites.get_for_update(ctx.session, code=code) if code else None
+    inviter = ctx.session.get(Member, invite.inviter_id) if invite else None
     if invite is None or inviter is None or inviter.status != MemberStatus.ACTIVE:
         return TextReply(ctx.t("join_unknown", code=code or raw_code.strip()[:20]))
     if invite.inviter_id == me:
@@ -59,36 +59,36 @@ async def join_with_code(ctx: Context, raw_code: str, *, source: str) -> Reply:
         return TextReply(ctx.t("join_expired"))
     if invite.uses >= invite.max_uses:
         return TextReply(ctx.t("join_used"))
-    if await graph.are_connected(ctx.session, a=me, b=invite.inviter_id):
-        name = await display_name(ctx, viewer_id=me, owner_id=invite.inviter_id, lang=ctx.lang)
+    if graph.are_connected(ctx.session, a=me, b=invite.inviter_id):
+        name = display_name(ctx, viewer_id=me, owner_id=invite.inviter_id, lang=ctx.lang)
         return TextReply(ctx.t("join_already", name=name))
-    await graph.connect(ctx.session, a=me, b=invite.inviter_id, source=source, now=ctx.now)
-    await invites.use(ctx.session, invite=invite)
+    graph.connect(ctx.session, a=me, b=invite.inviter_id, source=source, now=ctx.now)
+    invites.use(ctx.session, invite=invite)
     # Names are looked up once connected: before that, neither may see the other's card.
-    inviter_name = await display_name(ctx, viewer_id=me, owner_id=invite.inviter_id, lang=ctx.lang)
-    joiner_name = await display_name(ctx, viewer_id=invite.inviter_id, owner_id=me,
+    inviter_name = display_name(ctx, viewer_id=me, owner_id=invite.inviter_id, lang=ctx.lang)
+    joiner_name = display_name(ctx, viewer_id=invite.inviter_id, owner_id=me,
                                      lang=inviter.lang or "zh")
-    inviter_number = await _number_of(ctx, member_id=invite.inviter_id, contact_id=me)
-    await outbox.enqueue(
+    inviter_number = _number_of(ctx, member_id=invite.inviter_id, contact_id=me)
+    outbox.enqueue(
         ctx.session, member_id=invite.inviter_id, now=ctx.now, priority=outbox.PRIORITY_DECISION,
         reply=strength_question(ctx, inviter, ctx.text_for(inviter, "invite_accepted", name=joiner_name),
                                 number=inviter_number, name=joiner_name),
     )
-    my_number = await _number_of(ctx, member_id=me, contact_id=invite.inviter_id)
+    my_number = _number_of(ctx, member_id=me, contact_id=invite.inviter_id)
     lead = ctx.t("join_done", name=inviter_name)
     return strength_question(ctx, ctx.member, lead, number=my_number, name=inviter_name)
 
 
-async def display_name(ctx: Context, *, viewer_id: int, owner_id: int, lang: str) -> str:
+def display_name(ctx: Context, *, viewer_id: int, owner_id: int, lang: str) -> str:
     """The owner's name as the viewer may see it, or a neutral stand-in."""
     from handlers.texts import text
 
-    name = (await what_may_see(ctx.session, viewer_id=viewer_id, owner_id=owner_id)).get("name")
+    name = (what_may_see(ctx.session, viewer_id=viewer_id, owner_id=owner_id)).get("name")
     return str(name) if name else text(lang, "unnamed")
 
 
-async def _number_of(ctx: Context, *, member_id: int, contact_id: int) -> int:
-    for row in await graph.contacts(ctx.session, member_id=member_id):
+def _number_of(ctx: Context, *, member_id: int, contact_id: int) -> int:
+    for row in graph.contacts(ctx.session, member_id=member_id):
         if row.contact_id == contact_id:
             return row.number
     return 0
@@ -108,14 +108,14 @@ def strength_question(ctx: Context, who: Member, lead: str, *, number: int, name
 
 @router.command("contacts", en=["contacts", "connections"], zh=["人脉", "联系人", "好友"],
                 summary="summary_contacts")
-async def contacts_command(ctx: Context, args: str) -> Reply:
+def contacts_command(ctx: Context, args: str) -> Reply:
     """My connections, numbered."""
-    rows = await graph.contacts(ctx.session, member_id=ctx.member.id or 0)
+    rows = graph.contacts(ctx.session, member_id=ctx.member.id or 0)
     if not rows:
         return TextReply(ctx.t("contacts_none"))
     lines = [ctx.t("contacts_header", n=len(rows))]
     for row in rows:
-        name = await display_name(ctx, viewer_id=ctx.member.id or 0, owner_id=row.contact_id, lang=ctx.lang)
+        name = display_name(ctx, viewer_id=ctx.member.id or 0, owner_id=row.contact_id, lang=ctx.lang)
         tie = ctx.t(f"strength_{row.strength}") if row.strength else ctx.t("strength_unrated", n=row.number)
         lines.append(ctx.t("contacts_line", n=row.number, name=name, tie=tie))
     return TextReply("\n".join(lines))
@@ -123,17 +123,17 @@ async def contacts_command(ctx: Context, args: str) -> Reply:
 
 @router.command("strength", en=["strength", "tie"], zh=["熟悉度", "熟悉"], summary="summary_strength",
                 usage_en="strength N 1|2|3", usage_zh="熟悉度 编号 1|2|3")
-async def strength_command(ctx: Context, args: str) -> Reply:
+def strength_command(ctx: Context, args: str) -> Reply:
     """Say how well I know contact N: 1 met once, 2 worked or studied together, 3 close."""
     parts = args.split()
     if len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[1]) not in STRENGTHS:
         return TextReply(ctx.t("strength_usage"))
     number, level = int(parts[0]), int(parts[1])
-    rows = await graph.contacts(ctx.session, member_id=ctx.member.id or 0)
+    rows = graph.contacts(ctx.session, member_id=ctx.member.id or 0)
     row = next((r for r in rows if r.number == number), None)
     if row is None:
         return TextReply(ctx.t("contact_number_unknown", n=number, count=len(rows)))
-    await graph.set_strength(ctx.session, member_id=ctx.member.id or 0, contact_id=row.contact_id,
+    graph.set_strength(ctx.session, member_id=ctx.member.id or 0, contact_id=row.contact_id,
                              strength=level)
-    name = await display_name(ctx, viewer_id=ctx.member.id or 0, owner_id=row.contact_id, lang=ctx.lang)
+    name = display_name(ctx, viewer_id=ctx.member.id or 0, owner_id=row.contact_id, lang=ctx.lang)
     return TextReply(ctx.t("strength_saved", name=name, tie=ctx.t(f"strength_{level}")))

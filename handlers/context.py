@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from handlers import texts
 from handlers.events import InboundEvent
@@ -34,7 +34,7 @@ class Context:
 
     event: InboundEvent
     member: Member
-    session: AsyncSession
+    session: Session
     now: datetime
     settings: Settings = field(default_factory=Settings)
     # The push being answered; erasing a member keeps its key so a retry is still a duplicate.

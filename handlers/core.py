@@ -23,48 +23,48 @@ def root_router() -> Router:
     return root
 
 
-async def handle(ctx: Context) -> Reply:
+def handle(ctx: Context) -> Reply:
     """Answer one event. Runs inside the dispatcher's transaction."""
     event = ctx.event
     if event.kind is EventKind.SUBSCRIBE:
-        returning = await members.reactivate(ctx.session, member=ctx.member, now=ctx.now)
-        welcome = await basics.welcome(ctx, returning=returning)
+        returning = members.reactivate(ctx.session, member=ctx.member, now=ctx.now)
+        welcome = basics.welcome(ctx, returning=returning)
         if event.scene:
             # Followed by scanning someone's invite QR code: welcome, then connect.
             return _prepend(ctx.t("welcome_short") if not returning else ctx.t("welcome_back"),
-                            await connections.join_with_code(ctx, event.scene, source="qr"))
+                            connections.join_with_code(ctx, event.scene, source="qr"))
         return welcome
     if event.kind is EventKind.UNSUBSCRIBE:
-        await members.deactivate(ctx.session, member=ctx.member, now=ctx.now)
+        members.deactivate(ctx.session, member=ctx.member, now=ctx.now)
         return NoReply()  # WeChat delivers nothing to someone who just left
     if event.kind is EventKind.SCAN:
         if event.scene:
-            return await connections.join_with_code(ctx, event.scene, source="qr")
-        return await basics.welcome(ctx, returning=False)
+            return connections.join_with_code(ctx, event.scene, source="qr")
+        return basics.welcome(ctx, returning=False)
     if event.kind is EventKind.CLICK:
-        return await route_text(ctx, event.key)
+        return route_text(ctx, event.key)
     if event.kind is EventKind.TEXT:
-        return await route_text(ctx, event.text)
+        return route_text(ctx, event.text)
     return TextReply(ctx.t("not_text"))
 
 
-async def route_text(ctx: Context, text: str) -> Reply:
+def route_text(ctx: Context, text: str) -> Reply:
     """An open dialog takes the text first; otherwise route it to its command."""
-    state = await dialogs.get(ctx.session, member_id=ctx.member.id or 0)
+    state = dialogs.get(ctx.session, member_id=ctx.member.id or 0)
     notice = ""
     if state is not None:
         if ctx.now - state.updated_at <= cards.DIALOG_TIMEOUT and state.name in DIALOGS:
-            return await DIALOGS[state.name](ctx, state, text)
-        await dialogs.clear(ctx.session, member_id=ctx.member.id or 0)
+            return DIALOGS[state.name](ctx, state, text)
+        dialogs.clear(ctx.session, member_id=ctx.member.id or 0)
         notice = ctx.t("dialog_expired")
     match = root_router().match(text)
     if match is None:
-        reply = await basics.unknown(ctx)
+        reply = basics.unknown(ctx)
     else:
         if ctx.member.lang is None:
             # The member's first command decides their language until they say `lang`.
-            await members.set_lang(ctx.session, member=ctx.member, lang=match.lang, explicit=False)
-        reply = await match.command.handler(ctx, match.args)
+            members.set_lang(ctx.session, member=ctx.member, lang=match.lang, explicit=False)
+        reply = match.command.handler(ctx, match.args)
     return _prepend(notice, reply) if notice else reply
 
 

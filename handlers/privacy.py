@@ -28,7 +28,7 @@ def _when(ctx: Context, value: object) -> str:
 
 @router.command("privacy", en=["privacy"], zh=["隐私"], summary="summary_privacy",
                 usage_en="privacy [FIELD connections|network|hidden]", usage_zh="隐私 [字段 仅好友|人脉圈|隐藏]")
-async def privacy_command(ctx: Context, args: str) -> Reply:
+def privacy_command(ctx: Context, args: str) -> Reply:
     """Show my privacy settings, or set one field's level."""
     mid = ctx.member.id or 0
     if args.strip():
@@ -36,9 +36,9 @@ async def privacy_command(ctx: Context, args: str) -> Reply:
         level, extra = fields.split_alias(rest, fields.LEVEL_ALIASES) if field_name else (None, "")
         if field_name is None or level is None or extra:
             return TextReply(ctx.t("privacy_usage"))
-        await privacy.set_level(ctx.session, member_id=mid, field_name=field_name, level=level)
+        privacy.set_level(ctx.session, member_id=mid, field_name=field_name, level=level)
         return TextReply(ctx.t("privacy_saved", field=ctx.t(f"field_{field_name}"), level=ctx.t(f"level_{level}")))
-    prefs = await privacy.get(ctx.session, member_id=mid)
+    prefs = privacy.get(ctx.session, member_id=mid)
     lines = [ctx.t("privacy_header")]
     lines += [ctx.t("privacy_line", field=ctx.t(f"field_{name}"), level=ctx.t(f"level_{prefs.level(name)}"))
               for name in FIELD_NAMES]
@@ -51,26 +51,26 @@ async def privacy_command(ctx: Context, args: str) -> Reply:
 
 @router.command("stealth", en=["stealth"], zh=["隐身"], summary="summary_stealth",
                 usage_en="stealth on|off", usage_zh="隐身 开|关")
-async def stealth_command(ctx: Context, args: str) -> Reply:
+def stealth_command(ctx: Context, args: str) -> Reply:
     """Stealth: invisible to search beyond my own connections."""
     word = normalize(args)
     if word not in ON | OFF:
         return TextReply(ctx.t("stealth_usage"))
     on = word in ON
-    await privacy.set_stealth(ctx.session, member_id=ctx.member.id or 0, on=on)
+    privacy.set_stealth(ctx.session, member_id=ctx.member.id or 0, on=on)
     return TextReply(ctx.t("stealth_on" if on else "stealth_off"))
 
 
 @router.command("pause", en=["pause"], zh=["暂停"], summary="summary_pause",
                 usage_en="pause DAYS", usage_zh="暂停 天数")
-async def pause_command(ctx: Context, args: str) -> Reply:
+def pause_command(ctx: Context, args: str) -> Reply:
     """No introduction requests or nudges for N days; `pause 0` resumes."""
     raw = normalize(args).removesuffix("天").removesuffix("days").removesuffix("day").strip()
     if not raw.isdigit() or int(raw) > MAX_PAUSE_DAYS:
         return TextReply(ctx.t("pause_usage", max=MAX_PAUSE_DAYS))
     days = int(raw)
     until = ctx.now + timedelta(days=days) if days else None
-    await privacy.set_pause(ctx.session, member_id=ctx.member.id or 0, until=until)
+    privacy.set_pause(ctx.session, member_id=ctx.member.id or 0, until=until)
     if until is None:
         return TextReply(ctx.t("pause_off"))
     return TextReply(ctx.t("pause_on", days=days, until=_when(ctx, until)))

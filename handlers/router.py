@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from handlers.context import Context
 from handlers.replies import Reply
 
-Handler = Callable[[Context, str], Awaitable[Reply]]
+Handler = Callable[[Context, str], Reply]
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
@@ -71,7 +71,7 @@ class Router:
         usage_zh: str = "",
         hidden: bool = False,
     ) -> Callable[[Handler], Handler]:
-        """Register the decorated coroutine as the handler of a command."""
+        """Register the decorated function as the handler of a command."""
 
         def register(handler: Handler) -> Handler:
             self.commands.append(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from storage import cards, graph, privacy
 from storage.cards import Value
@@ -30,9 +30,9 @@ def visible_card(card: dict[str, Value], prefs: Privacy, degree: Optional[int]) 
             if value not in (None, "", []) and may_see(prefs.level(name), degree)}
 
 
-async def what_may_see(session: AsyncSession, *, viewer_id: int, owner_id: int) -> dict[str, Value]:
+def what_may_see(session: Session, *, viewer_id: int, owner_id: int) -> dict[str, Value]:
     """What member `viewer_id` may see of member `owner_id`'s card, right now."""
-    degree = await graph.degree(session, viewer_id=viewer_id, owner_id=owner_id)
-    card = cards.values(await cards.get(session, member_id=owner_id))
-    prefs = await privacy.get(session, member_id=owner_id)
+    degree = graph.degree(session, viewer_id=viewer_id, owner_id=owner_id)
+    card = cards.values(cards.get(session, member_id=owner_id))
+    prefs = privacy.get(session, member_id=owner_id)
     return visible_card(card, prefs, degree)

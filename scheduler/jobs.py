@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Awaitable, Callable
 
+from sqlalchemy.orm import Session
+
 from bot.config import Config
 from storage import erasure, pushes
 from storage.db import Database
@@ -43,9 +45,11 @@ REPLY_RETENTION = timedelta(hours=1)
 
 async def prune_pushes(deps: JobDeps, now: datetime) -> str:
     """Forget deduplication keys of pushes that WeChat can no longer retry."""
-    async with deps.db.session() as session:
-        removed = await pushes.prune(session, older_than=now - PUSH_KEY_RETENTION)
-        await pushes.forget_replies(session, older_than=now - REPLY_RETENTION)
+    def prune(session: Session) -> int:
+        pushes.forget_replies(session, older_than=now - REPLY_RETENTION)
+        return pushes.prune(session, older_than=now - PUSH_KEY_RETENTION)
+
+    removed = await deps.db.run(prune)
     return f"removed {removed} push keys older than {PUSH_KEY_RETENTION.days} days"
 
 
@@ -53,15 +57,10 @@ async def purge_deactivated(deps: JobDeps, now: datetime) -> str:
     """Delete the personal data of members who unsubscribed longer ago than the grace period."""
     cutoff = now - timedelta(days=deps.config.privacy.deletion_grace_days)
     erased = 0
-    while True:
-        # One member per transaction: a crash mid-run leaves whole members, and the next run
-        # finishes what is left.
-        async with deps.db.session() as session:
-            due = await erasure.deactivated_before(session, cutoff=cutoff, limit=1)
-            if not due:
-                break
-            await erasure.erase_member(session, member=due[0])
-            erased += 1
+    # One member per transaction: a crash mid-run leaves whole members, and the next run
+    # finishes what is left.
+    while await deps.db.run(erasure.erase_one_deactivated, cutoff=cutoff):
+        erased += 1
     return f"erased the data of {erased} members who left before {cutoff.date().isoformat()}"
 
 

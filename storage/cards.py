@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Optional, Union
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from storage.models import Card
 
@@ -41,9 +41,9 @@ MAX_TAGS = 10
 Value = Union[str, list[str], None]
 
 
-async def get(session: AsyncSession, *, member_id: int) -> Optional[Card]:
+def get(session: Session, *, member_id: int) -> Optional[Card]:
     """The member's card, if they have started one."""
-    return await session.get(Card, member_id)
+    return session.get(Card, member_id)
 
 
 def values(card: Optional[Card]) -> dict[str, Value]:
@@ -58,9 +58,9 @@ def values(card: Optional[Card]) -> dict[str, Value]:
     return out
 
 
-async def save(session: AsyncSession, *, member_id: int, changes: dict[str, Value], now: datetime) -> Card:
+def save(session: Session, *, member_id: int, changes: dict[str, Value], now: datetime) -> Card:
     """Write some fields at once (already validated); the card is created on first write."""
-    card = await session.get(Card, member_id)
+    card = session.get(Card, member_id)
     if card is None:
         card = Card(member_id=member_id, updated_at=now)
     for name, value in changes.items():
@@ -71,13 +71,13 @@ async def save(session: AsyncSession, *, member_id: int, changes: dict[str, Valu
             setattr(card, name, value or None)
     card.updated_at = now
     session.add(card)
-    await session.flush()
+    session.flush()
     return card
 
 
-async def names(session: AsyncSession, *, member_ids: list[int]) -> dict[int, Optional[str]]:
+def names(session: Session, *, member_ids: list[int]) -> dict[int, Optional[str]]:
     """Card names of several members at once."""
     if not member_ids:
         return {}
-    rows = await session.execute(sa.select(Card.member_id, Card.name).where(Card.member_id.in_(member_ids)))  # type: ignore[attr-defined]
+    rows = session.execute(sa.select(Card.member_id, Card.name).where(Card.member_id.in_(member_ids)))  # type: ignore[attr-defined]
     return {mid: name for mid, name in rows.all()}

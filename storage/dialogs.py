@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any, Optional
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from storage.models import Dialog
 
@@ -23,26 +23,26 @@ class DialogState:
     updated_at: datetime
 
 
-async def get(session: AsyncSession, *, member_id: int) -> Optional[DialogState]:
+def get(session: Session, *, member_id: int) -> Optional[DialogState]:
     """The member's open dialog, if any."""
-    row = await session.get(Dialog, member_id)
+    row = session.get(Dialog, member_id)
     if row is None:
         return None
     return DialogState(name=row.name, step=row.step, data=dict(json.loads(row.data)),
                        updated_at=row.updated_at)
 
 
-async def put(session: AsyncSession, *, member_id: int, state: DialogState) -> None:
+def put(session: Session, *, member_id: int, state: DialogState) -> None:
     """Save the dialog's new step and answers."""
-    row = await session.get(Dialog, member_id)
+    row = session.get(Dialog, member_id)
     if row is None:
         row = Dialog(member_id=member_id, name=state.name, step=state.step, updated_at=state.updated_at)
     row.name, row.step, row.updated_at = state.name, state.step, state.updated_at
     row.data = json.dumps(state.data, ensure_ascii=False)
     session.add(row)
-    await session.flush()
+    session.flush()
 
 
-async def clear(session: AsyncSession, *, member_id: int) -> None:
+def clear(session: Session, *, member_id: int) -> None:
     """End the member's dialog."""
-    await session.execute(sa.delete(Dialog).where(Dialog.member_id == member_id))  # type: ignore[arg-type]
+    session.execute(sa.delete(Dialog).where(Dialog.member_id == member_id))  # type: ignore[arg-type]

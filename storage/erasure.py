@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Optional
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from storage import pushes
 from storage.models import (
@@ -28,7 +28,7 @@ from storage.models import (
 )
 
 
-async def erase_member(session: AsyncSession, *, member: Member, keep_push_key: Optional[str] = None) -> None:
+def erase_member(session: Session, *, member: Member, keep_push_key: Optional[str] = None) -> None:
     """Delete everything about one member, and remove them from every other member's view.
 
     `keep_push_key` spares the push being answered right now, so that a retry of the very
@@ -36,7 +36,7 @@ async def erase_member(session: AsyncSession, *, member: Member, keep_push_key: 
     """
     mid = member.id
     outbox_ids = sa.select(OutboxMessage.id).where(OutboxMessage.member_id == mid)
-    await session.execute(sa.delete(OutboxAttempt).where(OutboxAttempt.outbox_id.in_(outbox_ids)))  # type: ignore[attr-defined]
+    session.execute(sa.delete(OutboxAttempt).where(OutboxAttempt.outbox_id.in_(outbox_ids)))  # type: ignore[attr-defined]
     for stmt in (
         sa.delete(OutboxMessage).where(OutboxMessage.member_id == mid),
         sa.delete(ExportLink).where(ExportLink.member_id == mid),
@@ -46,22 +46,22 @@ async def erase_member(session: AsyncSession, *, member: Member, keep_push_key: 
         sa.delete(Card).where(Card.member_id == mid),
         sa.delete(MemberSettings).where(MemberSettings.member_id == mid),
     ):
-        await session.execute(stmt)  # type: ignore[arg-type]
+        session.execute(stmt)  # type: ignore[arg-type]
     own_pushes = sa.delete(InboundPush).where(InboundPush.member_openid == member.openid)
     if keep_push_key is not None:
         own_pushes = own_pushes.where(InboundPush.key != keep_push_key)
         # The kept key is a message id; it no longer says whose message it was.
-        await session.execute(sa.update(InboundPush).where(InboundPush.key == keep_push_key)
+        session.execute(sa.update(InboundPush).where(InboundPush.key == keep_push_key)
                               .values(member_openid=""))
-    await session.execute(own_pushes)
+    session.execute(own_pushes)
     # Replies stored for other members' pushes may quote this member's card. WeChat retries
     # only within seconds, so forgetting them all costs at most a repeated answer.
-    await pushes.forget_replies(session, except_key=keep_push_key)
-    await session.delete(member)
-    await session.flush()
+    pushes.forget_replies(session, except_key=keep_push_key)
+    session.delete(member)
+    session.flush()
 
 
-async def deactivated_before(session: AsyncSession, *, cutoff: datetime, limit: int = 500) -> list[Member]:
+def deactivated_before(session: Session, *, cutoff: datetime, limit: int = 500) -> list[Member]:
     """Members who unsubscribed before `cutoff` and never came back."""
     stmt = (
         sa.select(Member)
@@ -69,4 +69,13 @@ async def deactivated_before(session: AsyncSession, *, cutoff: datetime, limit: 
         .order_by(Member.id)
         .limit(limit)
     )
-    return list((await session.execute(stmt)).scalars())
+    return list((session.execute(stmt)).scalars())
+
+
+def erase_one_deactivated(session: Session, *, cutoff: datetime) -> bool:
+    """Erase one member who left before `cutoff`; False when none is left."""
+    due = deactivated_before(session, cutoff=cutoff, limit=1)
+    if not due:
+        return False
+    erase_member(session, member=due[0])
+    return True

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any, Optional
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from storage import cards, graph, privacy
 from storage.models import ExportLink, Invite, Member
@@ -15,18 +15,18 @@ from storage.models import ExportLink, Invite, Member
 LINK_TTL = timedelta(hours=24)
 
 
-async def create_link(session: AsyncSession, *, member_id: int, now: datetime) -> ExportLink:
+def create_link(session: Session, *, member_id: int, now: datetime) -> ExportLink:
     """A fresh one-time link, valid for 24 hours."""
     link = ExportLink(token=secrets.token_urlsafe(24), member_id=member_id, created_at=now,
                       expires_at=now + LINK_TTL)
     session.add(link)
-    await session.flush()
+    session.flush()
     return link
 
 
-async def consume_link(session: AsyncSession, *, token: str, now: datetime) -> Optional[int]:
+def consume_link(session: Session, *, token: str, now: datetime) -> Optional[int]:
     """Use a link: the member id when it is valid, unused and unexpired; it never works again."""
-    result = await session.execute(
+    result = session.execute(
         sa.update(ExportLink)
         .where(ExportLink.token == token, ExportLink.used_at.is_(None), ExportLink.expires_at > now)  # type: ignore[union-attr,attr-defined,operator,arg-type]
         .values(used_at=now)
@@ -40,15 +40,15 @@ def _iso(value: Optional[datetime]) -> Optional[str]:
     return value.isoformat() if value else None
 
 
-async def collect(session: AsyncSession, *, member_id: int) -> dict[str, Any]:
+def collect(session: Session, *, member_id: int) -> dict[str, Any]:
     """All of a member's data: card, settings, connections, invites, introductions, asks."""
-    member = await session.get(Member, member_id)
+    member = session.get(Member, member_id)
     if member is None:
         return {}
-    card_row = await cards.get(session, member_id=member_id)
-    prefs = await privacy.get(session, member_id=member_id)
-    contacts = await graph.contacts(session, member_id=member_id)
-    invites = (await session.execute(
+    card_row = cards.get(session, member_id=member_id)
+    prefs = privacy.get(session, member_id=member_id)
+    contacts = graph.contacts(session, member_id=member_id)
+    invites = (session.execute(
         sa.select(Invite).where(Invite.inviter_id == member_id).order_by(Invite.created_at)  # type: ignore[arg-type]
     )).scalars().all()
     return {
@@ -64,3 +64,9 @@ async def collect(session: AsyncSession, *, member_id: int) -> dict[str, Any]:
         "introductions": [],
         "asks": [],
     }
+
+
+def use_link(session: Session, *, token: str, now: datetime) -> dict[str, Any]:
+    """Consume a link and collect the data it unlocks; empty when the link is not valid."""
+    member_id = consume_link(session, token=token, now=now)
+    return collect(session, member_id=member_id) if member_id is not None else {}

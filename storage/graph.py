@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Optional
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from storage.models import Card, Connection, Member, MemberStatus
 from storage.sql import insert_ignore
@@ -16,13 +16,13 @@ _conn = Connection.__table__  # type: ignore[attr-defined]
 MAX_DEGREE = 3
 
 
-async def connect(session: AsyncSession, *, a: int, b: int, source: str, now: datetime) -> bool:
+def connect(session: Session, *, a: int, b: int, source: str, now: datetime) -> bool:
     """Connect two members both ways; False when they already were connected."""
     if a == b:
         raise ValueError("a member cannot connect to themselves")
     made = False
     for member_id, contact_id in ((a, b), (b, a)):
-        made |= await insert_ignore(
+        made |= insert_ignore(
             session, _conn,
             {"member_id": member_id, "contact_id": contact_id, "source": source, "created_at": now},
             conflict=["member_id", "contact_id"],
@@ -30,10 +30,10 @@ async def connect(session: AsyncSession, *, a: int, b: int, source: str, now: da
     return made
 
 
-async def are_connected(session: AsyncSession, *, a: int, b: int) -> bool:
+def are_connected(session: Session, *, a: int, b: int) -> bool:
     """True when a and b are connected."""
     stmt = sa.select(_conn.c.id).where(_conn.c.member_id == a, _conn.c.contact_id == b)
-    return (await session.execute(stmt)).first() is not None
+    return (session.execute(stmt)).first() is not None
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class ContactRow:
     since: datetime
 
 
-async def contacts(session: AsyncSession, *, member_id: int) -> list[ContactRow]:
+def contacts(session: Session, *, member_id: int) -> list[ContactRow]:
     """A member's active connections, numbered in the order they were made (stable numbers)."""
     stmt = (
         sa.select(Connection.contact_id, Card.name, Connection.strength, Connection.created_at)
@@ -56,21 +56,21 @@ async def contacts(session: AsyncSession, *, member_id: int) -> list[ContactRow]
         .where(Connection.member_id == member_id, Member.status == MemberStatus.ACTIVE)
         .order_by(Connection.created_at, Connection.id)  # type: ignore[arg-type]
     )
-    rows = (await session.execute(stmt)).all()
+    rows = (session.execute(stmt)).all()
     return [ContactRow(number=i + 1, contact_id=cid, name=name, strength=strength, since=since)
             for i, (cid, name, strength, since) in enumerate(rows)]
 
 
-async def set_strength(session: AsyncSession, *, member_id: int, contact_id: int, strength: int) -> bool:
+def set_strength(session: Session, *, member_id: int, contact_id: int, strength: int) -> bool:
     """How well member knows contact (this direction only); False when they are not connected."""
-    result = await session.execute(
+    result = session.execute(
         sa.update(_conn).where(_conn.c.member_id == member_id, _conn.c.contact_id == contact_id)
         .values(strength=strength)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def degree(session: AsyncSession, *, viewer_id: int, owner_id: int) -> Optional[int]:
+def degree(session: Session, *, viewer_id: int, owner_id: int) -> Optional[int]:
     """0 for oneself, 1-3 for the network, None beyond the 3rd degree (active members only)."""
     if viewer_id == owner_id:
         return 0
@@ -82,7 +82,7 @@ async def degree(session: AsyncSession, *, viewer_id: int, owner_id: int) -> Opt
             .where(_conn.c.member_id.in_(frontier),
                    Member.__table__.c.status == MemberStatus.ACTIVE)  # type: ignore[attr-defined]
         )
-        nxt = {cid for (cid,) in (await session.execute(stmt)).all()} - seen
+        nxt = {cid for (cid,) in (session.execute(stmt)).all()} - seen
         if owner_id in nxt:
             return hop
         if not nxt:

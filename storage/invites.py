@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Optional
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from storage.models import Invite
 from storage.sql import insert_ignore
@@ -28,28 +28,28 @@ def clean_code(raw: str) -> str:
     return "".join(ch for ch in raw.upper() if ch not in " -_")
 
 
-async def create(session: AsyncSession, *, inviter_id: int, now: datetime, ttl: timedelta,
+def create(session: Session, *, inviter_id: int, now: datetime, ttl: timedelta,
                  max_uses: int) -> Invite:
     """A fresh code for the inviter."""
     while True:
         code = new_code()
         values = {"code": code, "inviter_id": inviter_id, "created_at": now, "expires_at": now + ttl,
                   "max_uses": max_uses, "uses": 0}
-        if await insert_ignore(session, _invite, values, conflict=["code"]):
-            invite = await session.get(Invite, code)
+        if insert_ignore(session, _invite, values, conflict=["code"]):
+            invite = session.get(Invite, code)
             assert invite is not None
             return invite
 
 
-async def get_for_update(session: AsyncSession, *, code: str) -> Optional[Invite]:
+def get_for_update(session: Session, *, code: str) -> Optional[Invite]:
     """The invite with this code, locked for this transaction on PostgreSQL."""
     stmt = sa.select(Invite).where(Invite.code == code)
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update()
-    return (await session.execute(stmt)).scalar_one_or_none()
+    return (session.execute(stmt)).scalar_one_or_none()
 
 
-async def use(session: AsyncSession, *, invite: Invite) -> None:
+def use(session: Session, *, invite: Invite) -> None:
     """Count one use of the code."""
     invite.uses += 1
     session.add(invite)

@@ -5,16 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from storage.models import Member, MemberStatus
-from storage.sql import dialect, insert_ignore
-
-_member = Member.__table__  # type: ignore[attr-defined]
+from storage.sql import dialect
 
 
-async def touch(
-    session: AsyncSession,
+def touch(
+    session: Session,
     *,
     platform: str,
     openid: str,
@@ -22,46 +21,40 @@ async def touch(
     user_message: bool,
     event: bool,
 ) -> Member:
-    """Record the member (first push creates them) and lock their row for this transaction.
+    """Record the member (their first push creates them) and lock their row for this transaction.
 
-    The row lock serialises two pushes from the same member across workers, so a handler never
-    races itself; the window timestamps move forward only.
+    One upsert does it all. Its row lock serialises two pushes from the same member across
+    PostgreSQL workers, so a handler never races itself.
     """
-    await insert_ignore(
-        session,
-        _member,
-        {"platform": platform, "openid": openid, "status": MemberStatus.ACTIVE, "created_at": now},
-        conflict=["platform", "openid"],
-    )
-    values: dict[str, datetime] = {}
+    values: dict[str, object] = {"platform": platform, "openid": openid,
+                                 "status": MemberStatus.ACTIVE, "created_at": now}
+    changes: dict[str, object] = {}
     if user_message:
-        values["last_message_at"] = now
+        values["last_message_at"] = changes["last_message_at"] = now
     if event:
-        values["last_event_at"] = now
-    stmt = sa.select(Member).where(Member.platform == platform, Member.openid == openid)
-    if dialect(session) == "postgresql":
-        stmt = stmt.with_for_update()
-    member = (await session.execute(stmt)).scalar_one()
-    for key, value in values.items():
-        current = getattr(member, key)
-        if current is None or current < value:
-            setattr(member, key, value)
-    return member
+        values["last_event_at"] = changes["last_event_at"] = now
+    insert = postgresql.insert(Member) if dialect(session) == "postgresql" else sqlite.insert(Member)
+    stmt = insert.values(**values).on_conflict_do_update(
+        index_elements=["platform", "openid"],
+        # With nothing to change, a no-op update still locks and returns the row.
+        set_=changes or {"openid": insert.excluded.openid},
+    ).returning(Member)
+    return session.scalars(stmt, execution_options={"populate_existing": True}).one()
 
 
-async def get(session: AsyncSession, *, platform: str, openid: str) -> Member | None:
+def get(session: Session, *, platform: str, openid: str) -> Member | None:
     """The member with this platform id, if they ever wrote."""
     stmt = sa.select(Member).where(Member.platform == platform, Member.openid == openid)
-    return (await session.execute(stmt)).scalar_one_or_none()
+    return (session.execute(stmt)).scalar_one_or_none()
 
 
-async def set_lang(session: AsyncSession, *, member: Member, lang: str, explicit: bool) -> None:
+def set_lang(session: Session, *, member: Member, lang: str, explicit: bool) -> None:
     """Set the reply language (explicitly by `lang`, or by the member's first command)."""
     member.lang = lang
     session.add(member)
 
 
-async def deactivate(session: AsyncSession, *, member: Member, now: datetime) -> None:
+def deactivate(session: Session, *, member: Member, now: datetime) -> None:
     """Unsubscribe: the member stops receiving anything at once."""
     if member.status != MemberStatus.DEACTIVATED:
         member.status = MemberStatus.DEACTIVATED
@@ -69,7 +62,7 @@ async def deactivate(session: AsyncSession, *, member: Member, now: datetime) ->
         session.add(member)
 
 
-async def reactivate(session: AsyncSession, *, member: Member, now: datetime) -> bool:
+def reactivate(session: Session, *, member: Member, now: datetime) -> bool:
     """Follow again; True when the member had been deactivated."""
     if member.status == MemberStatus.DEACTIVATED:
         member.status = MemberStatus.ACTIVE

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from storage.models import OutboxAttempt, OutboxMessage, OutboxStatus
 
 
-async def queued_for(session: AsyncSession, *, member_id: int) -> list[OutboxMessage]:
+def queued_for(session: Session, *, member_id: int) -> list[OutboxMessage]:
     """Messages waiting for this member, most important first, then oldest first."""
     stmt = (
         sa.select(OutboxMessage)
@@ -18,10 +18,10 @@ async def queued_for(session: AsyncSession, *, member_id: int) -> list[OutboxMes
                OutboxMessage.status.in_([OutboxStatus.PENDING, OutboxStatus.HELD]))  # type: ignore[attr-defined]
         .order_by(OutboxMessage.priority, OutboxMessage.id)  # type: ignore[arg-type]
     )
-    return list((await session.execute(stmt)).scalars())
+    return list((session.execute(stmt)).scalars())
 
 
-async def mark_shown(session: AsyncSession, *, messages: list[OutboxMessage], now: datetime) -> None:
+def mark_shown(session: Session, *, messages: list[OutboxMessage], now: datetime) -> None:
     """The terminal displayed these: they count as delivered and are never shown again."""
     for message in messages:
         message.status = OutboxStatus.SENT
@@ -30,3 +30,15 @@ async def mark_shown(session: AsyncSession, *, messages: list[OutboxMessage], no
         session.add(message)
         session.add(OutboxAttempt(outbox_id=message.id or 0, attempted_at=now, errcode=0,
                                   outcome="terminal"))
+
+
+def take_for(session: Session, *, platform: str, openid: str, now: datetime) -> list[str]:
+    """The payloads waiting for a terminal member, marked delivered as they are taken."""
+    from storage import members
+
+    member = members.get(session, platform=platform, openid=openid)
+    if member is None or member.id is None:
+        return []
+    queued = queued_for(session, member_id=member.id)
+    mark_shown(session, messages=queued, now=now)
+    return [message.payload for message in queued]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Optional
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from storage.models import MemberSettings
 
@@ -34,40 +34,40 @@ class Privacy:
         return self.paused_until is not None and self.paused_until > now
 
 
-async def get(session: AsyncSession, *, member_id: int) -> Privacy:
+def get(session: Session, *, member_id: int) -> Privacy:
     """The member's settings; defaults when they never changed anything."""
-    row = await session.get(MemberSettings, member_id)
+    row = session.get(MemberSettings, member_id)
     if row is None:
         return Privacy()
     return Privacy(levels=dict(json.loads(row.visibility or "{}")), stealth=row.stealth,
                    paused_until=row.paused_until)
 
 
-async def _row(session: AsyncSession, member_id: int) -> MemberSettings:
-    row = await session.get(MemberSettings, member_id)
+def _row(session: Session, member_id: int) -> MemberSettings:
+    row = session.get(MemberSettings, member_id)
     if row is None:
         row = MemberSettings(member_id=member_id, visibility="{}", stealth=False)
     return row
 
 
-async def set_level(session: AsyncSession, *, member_id: int, field_name: str, level: str) -> None:
+def set_level(session: Session, *, member_id: int, field_name: str, level: str) -> None:
     """Set one field's visibility level."""
-    row = await _row(session, member_id)
+    row = _row(session, member_id)
     levels = dict(json.loads(row.visibility or "{}"))
     levels[field_name] = level
     row.visibility = json.dumps(levels, sort_keys=True)
     session.add(row)
 
 
-async def set_stealth(session: AsyncSession, *, member_id: int, on: bool) -> None:
+def set_stealth(session: Session, *, member_id: int, on: bool) -> None:
     """Turn stealth on or off."""
-    row = await _row(session, member_id)
+    row = _row(session, member_id)
     row.stealth = on
     session.add(row)
 
 
-async def set_pause(session: AsyncSession, *, member_id: int, until: Optional[datetime]) -> None:
+def set_pause(session: Session, *, member_id: int, until: Optional[datetime]) -> None:
     """Pause introductions and nudges until a time (None resumes)."""
-    row = await _row(session, member_id)
+    row = _row(session, member_id)
     row.paused_until = until
     session.add(row)

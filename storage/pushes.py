@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from storage.models import InboundPush
 from storage.sql import insert_ignore
@@ -13,36 +13,36 @@ from storage.sql import insert_ignore
 _push = InboundPush.__table__  # type: ignore[attr-defined]
 
 
-async def claim(session: AsyncSession, *, key: str, openid: str, now: datetime) -> bool:
+def claim(session: Session, *, key: str, openid: str, now: datetime) -> bool:
     """Claim a push for this transaction; False when it was handled before.
 
     Claim and handling commit together, so a crash in between leaves no claim and the retry is
     handled normally. On PostgreSQL a concurrent claim of the same key waits for ours to finish.
     """
-    return await insert_ignore(
+    return insert_ignore(
         session, _push, {"key": key, "member_openid": openid, "received_at": now},
         conflict=["key"],
     )
 
 
-async def stored_reply(session: AsyncSession, *, key: str) -> str | None:
+def stored_reply(session: Session, *, key: str) -> str | None:
     """The serialised reply a handled push got."""
     stmt = sa.select(InboundPush.reply).where(InboundPush.key == key)
-    return (await session.execute(stmt)).scalar_one_or_none()
+    return (session.execute(stmt)).scalar_one_or_none()
 
 
-async def finish(session: AsyncSession, *, key: str, reply: str | None) -> None:
+def finish(session: Session, *, key: str, reply: str | None) -> None:
     """Record the reply given to a claimed push."""
-    await session.execute(sa.update(_push).where(_push.c.key == key).values(reply=reply))
+    session.execute(sa.update(_push).where(_push.c.key == key).values(reply=reply))
 
 
-async def prune(session: AsyncSession, *, older_than: datetime) -> int:
+def prune(session: Session, *, older_than: datetime) -> int:
     """Forget pushes WeChat can no longer retry; returns how many were removed."""
-    result = await session.execute(sa.delete(_push).where(_push.c.received_at < older_than))
+    result = session.execute(sa.delete(_push).where(_push.c.received_at < older_than))
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def forget_replies(session: AsyncSession, *, older_than: datetime | None = None,
+def forget_replies(session: Session, *, older_than: datetime | None = None,
                          except_key: str | None = None) -> None:
     """Drop stored replies (they may quote members' cards); the keys keep deduplicating."""
     stmt = sa.update(_push).where(_push.c.reply.is_not(None))
@@ -50,4 +50,4 @@ async def forget_replies(session: AsyncSession, *, older_than: datetime | None =
         stmt = stmt.where(_push.c.received_at < older_than)
     if except_key is not None:
         stmt = stmt.where(_push.c.key != except_key)
-    await session.execute(stmt.values(reply=None))
+    session.execute(stmt.values(reply=None))

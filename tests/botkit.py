@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Any, AsyncIterator, Awaitable, Callable, Optional
+from typing import Any, AsyncIterator, Callable, Optional
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -51,7 +51,7 @@ async def running_bot(
     *,
     mode: str = "safe",
     clock: Optional[Clock] = None,
-    handler: Optional[Callable[[Context], Awaitable[Reply]]] = None,
+    handler: Optional[Callable[[Context], Reply]] = None,
     answer_deadline: Optional[float] = None,
     run_sender: bool = False,
 ) -> AsyncIterator[RunningBot]:
@@ -106,8 +106,8 @@ async def queued(bot: RunningBot, openid: str) -> list[str]:
     from handlers.replies import as_plain_text, reply_from_json
     from storage.models import Member, OutboxMessage
 
-    async with bot.services.db.session() as s:
-        rows = (await s.execute(
+    with bot.services.db.session() as s:
+        rows = (s.execute(
             sa.select(OutboxMessage.payload).join(Member, Member.id == OutboxMessage.member_id)
             .where(Member.openid == openid).order_by(OutboxMessage.id)
         )).scalars().all()

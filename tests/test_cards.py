@@ -17,8 +17,8 @@ T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 async def card_row(bot, openid: str) -> Card | None:  # type: ignore[no-untyped-def]
     from storage.models import Member
 
-    async with bot.services.db.session() as s:
-        return (await s.execute(sa.select(Card).join(Member, Member.id == Card.member_id)
+    with bot.services.db.session() as s:
+        return (s.execute(sa.select(Card).join(Member, Member.id == Card.member_id)
                                 .where(Member.openid == openid))).scalar_one_or_none()
 
 
@@ -87,8 +87,8 @@ async def test_card_edit_dialog_with_skip_and_restart(db_url: str) -> None:
         row = await card_row(bot, "o_d")
         assert row is not None and row.name == "Dana Li" and row.company == "Old Co" and row.city == "Beijing"
         assert json.loads(row.offers) == ["angel investing", "board seats"] and row.bio == "I back founders."
-        async with bot.services.db.session() as s:
-            assert (await s.execute(sa.select(sa.func.count()).select_from(Dialog))).scalar_one() == 0
+        with bot.services.db.session() as s:
+            assert (s.execute(sa.select(sa.func.count()).select_from(Dialog))).scalar_one() == 0
 
 
 async def test_card_edit_cancel_leaves_no_half_card(db_url: str) -> None:

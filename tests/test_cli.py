@@ -110,15 +110,15 @@ def test_db_upgrade_creates_the_schema(db_url: str) -> None:
 async def test_run_job_as_of_a_time(db_url: str) -> None:
     db = Database(db_url)
     await db.upgrade()
-    async with db.session() as s:
-        await pushes.claim(s, key="old", openid="o", now=datetime(2026, 1, 1, tzinfo=timezone.utc))
-        await pushes.claim(s, key="new", openid="o", now=datetime(2026, 1, 9, tzinfo=timezone.utc))
+    with db.session() as s:
+        pushes.claim(s, key="old", openid="o", now=datetime(2026, 1, 1, tzinfo=timezone.utc))
+        pushes.claim(s, key="new", openid="o", now=datetime(2026, 1, 9, tzinfo=timezone.utc))
     result = await asyncio.to_thread(run, "run-job", "prune-pushes", "--at", "2026-01-10T08:00:00+08:00",
                                      env={"YINJIAN_STORAGE__URL": db_url})
     assert result.returncode == 0, result.stderr
     assert "removed 1" in result.stdout
-    async with db.session() as s:
-        keys = (await s.execute(sa.select(InboundPush.key))).scalars().all()
+    with db.session() as s:
+        keys = (s.execute(sa.select(InboundPush.key))).scalars().all()
     await db.dispose()
     assert keys == ["new"]
 
@@ -241,17 +241,17 @@ async def test_chat_shows_messages_queued_for_the_member(db_url: str) -> None:
     first = await asyncio.to_thread(run, "chat", "--user", "bob", env=env, stdin="lang en\n")
     assert first.returncode == 0, first.stderr
     db = Database(db_url)
-    async with db.session() as s:
-        bob = await members.get(s, platform="chat", openid="bob")
+    with db.session() as s:
+        bob = members.get(s, platform="chat", openid="bob")
         assert bob is not None and bob.id is not None
         now = datetime.now(timezone.utc)
-        await outbox.enqueue(s, member_id=bob.id, now=now, reply=ChoicesReply(
+        outbox.enqueue(s, member_id=bob.id, now=now, reply=ChoicesReply(
             "Carol would like an introduction.", (Choice("accept 12", "accept 12"),
                                                   Choice("decline 12", "decline 12"))))
     shown = await asyncio.to_thread(run, "chat", "--user", "bob", env=env, stdin="")
     assert "Carol would like an introduction." in shown.stdout and "accept 12" in shown.stdout
     again = await asyncio.to_thread(run, "chat", "--user", "bob", env=env, stdin="")
     assert "Carol" not in again.stdout  # shown once, then it counts as delivered
-    async with db.session() as s:
-        assert (await s.execute(sa.select(OutboxMessage.status))).scalar_one() == "sent"
+    with db.session() as s:
+        assert (s.execute(sa.select(OutboxMessage.status))).scalar_one() == "sent"
     await db.dispose()

@@ -25,8 +25,8 @@ async def invite_code(bot: RunningBot, openid: str, command: str = "invite") -> 
 
 async def connections(bot: RunningBot) -> set[tuple[str, str, int | None]]:
     a, b = sa.orm.aliased(Member), sa.orm.aliased(Member)
-    async with bot.services.db.session() as s:
-        rows = (await s.execute(
+    with bot.services.db.session() as s:
+        rows = (s.execute(
             sa.select(a.openid, b.openid, Connection.strength)
             .join(a, a.id == Connection.member_id).join(b, b.id == Connection.contact_id)
         )).all()
@@ -34,8 +34,8 @@ async def connections(bot: RunningBot) -> set[tuple[str, str, int | None]]:
 
 
 async def invite_uses(bot: RunningBot, code: str) -> int:
-    async with bot.services.db.session() as s:
-        return (await s.execute(sa.select(Invite.uses).where(Invite.code == code))).scalar_one()
+    with bot.services.db.session() as s:
+        return (s.execute(sa.select(Invite.uses).where(Invite.code == code))).scalar_one()
 
 
 async def test_invite_and_join_in_english(db_url: str) -> None:

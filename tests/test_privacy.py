@@ -43,33 +43,33 @@ def test_defaults_contact_and_bio_for_connections_only() -> None:
 async def test_what_may_see_along_a_chain(db: Database) -> None:
     """a - b - c - d - e: b is 1st, c 2nd, d 3rd and e beyond for a."""
     ids: dict[str, int] = {}
-    async with db.session() as s:
+    with db.session() as s:
         for name in "abcde":
-            m = await members.touch(s, platform="oa", openid=name, now=T0, user_message=True, event=False)
+            m = members.touch(s, platform="oa", openid=name, now=T0, user_message=True, event=False)
             ids[name] = m.id or 0
-            await cards.save(s, member_id=ids[name], now=T0, changes={
+            cards.save(s, member_id=ids[name], now=T0, changes={
                 "name": name.upper(), "bio": f"bio {name}", "contact": f"{name}@mail", "offers": ["x"]})
         for x, y in zip("abcd", "bcde"):
-            await graph.connect(s, a=ids[x], b=ids[y], source="invite", now=T0)
+            graph.connect(s, a=ids[x], b=ids[y], source="invite", now=T0)
     for level in LEVELS:
-        async with db.session() as s:
+        with db.session() as s:
             for name in "bcde":
-                await privacy.set_level(s, member_id=ids[name], field_name="contact", level=level)
-        async with db.session() as s:
+                privacy.set_level(s, member_id=ids[name], field_name="contact", level=level)
+        with db.session() as s:
             for name, degree in zip("abcde", DEGREES):
-                assert await graph.degree(s, viewer_id=ids["a"], owner_id=ids[name]) == degree
-                seen = await what_may_see(s, viewer_id=ids["a"], owner_id=ids[name])
+                assert graph.degree(s, viewer_id=ids["a"], owner_id=ids[name]) == degree
+                seen = what_may_see(s, viewer_id=ids["a"], owner_id=ids[name])
                 assert ("contact" in seen) is EXPECTED[level][DEGREES.index(degree)], (level, name)
                 assert ("bio" in seen) is (degree in (0, 1))
                 assert ("name" in seen) is (degree is not None)
     # A deactivated member breaks the chain: nobody sees through them.
-    async with db.session() as s:
-        c = await members.get(s, platform="oa", openid="c")
+    with db.session() as s:
+        c = members.get(s, platform="oa", openid="c")
         assert c is not None
-        await members.deactivate(s, member=c, now=T0)
-    async with db.session() as s:
-        assert await graph.degree(s, viewer_id=ids["a"], owner_id=ids["d"]) is None
-        assert await what_may_see(s, viewer_id=ids["a"], owner_id=ids["d"]) == {}
+        members.deactivate(s, member=c, now=T0)
+    with db.session() as s:
+        assert graph.degree(s, viewer_id=ids["a"], owner_id=ids["d"]) is None
+        assert what_may_see(s, viewer_id=ids["a"], owner_id=ids["d"]) == {}
 
 
 async def test_privacy_commands_in_english(db_url: str) -> None:
@@ -106,9 +106,9 @@ async def test_stealth_and_pause(db_url: str) -> None:
         assert (await say(bot, "o_s2", "隐身 关")).startswith("已关闭隐身")
 
         assert "until 2026-03-05 17:00" in await say(bot, "o_s", "pause 3")
-        async with bot.services.db.session() as s:
-            m = await members.get(s, platform="oa", openid="o_s")
-            prefs = await privacy.get(s, member_id=m.id or 0)  # type: ignore[union-attr]
+        with bot.services.db.session() as s:
+            m = members.get(s, platform="oa", openid="o_s")
+            prefs = privacy.get(s, member_id=m.id or 0)  # type: ignore[union-attr]
         assert prefs.paused(T0 + timedelta(days=2)) and not prefs.paused(T0 + timedelta(days=3, seconds=1))
         assert "Paused until" in await say(bot, "o_s", "privacy")
         clock.advance(days=4)

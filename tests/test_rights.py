@@ -34,9 +34,9 @@ async def fill_and_connect(bot: RunningBot) -> None:
 async def traces(db: Database, needles: list[str]) -> list[str]:
     """Every table cell, in every table, that mentions one of the needles."""
     found = []
-    async with db.session() as s:
+    with db.session() as s:
         for table in SQLModel.metadata.sorted_tables:
-            for row in (await s.execute(sa.select(table))).all():
+            for row in (s.execute(sa.select(table))).all():
                 for column, value in zip(table.columns, row):
                     if any(n in str(value) for n in needles):
                         found.append(f"{table.name}.{column.name}={value!r}")
@@ -46,19 +46,19 @@ async def traces(db: Database, needles: list[str]) -> list[str]:
 async def member_id(db: Database, openid: str) -> int | None:
     from storage.models import Member
 
-    async with db.session() as s:
-        return (await s.execute(sa.select(Member.id).where(Member.openid == openid))).scalar_one_or_none()
+    with db.session() as s:
+        return (s.execute(sa.select(Member.id).where(Member.openid == openid))).scalar_one_or_none()
 
 
 async def references(db: Database, mid: int) -> list[str]:
     """Rows whose member foreign keys point at this member."""
     found = []
-    async with db.session() as s:
+    with db.session() as s:
         for table in SQLModel.metadata.sorted_tables:
             for column in table.columns:
                 if any(fk.column.table.name == "member" for fk in column.foreign_keys) or \
                         (table.name == "member" and column.name == "id"):
-                    n = (await s.execute(sa.select(sa.func.count()).select_from(table).where(column == mid))).scalar_one()
+                    n = (s.execute(sa.select(sa.func.count()).select_from(table).where(column == mid))).scalar_one()
                     if n:
                         found.append(f"{table.name}.{column.name}")
     return found

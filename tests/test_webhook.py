@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import AsyncIterator
 
@@ -35,8 +36,8 @@ async def say(bot: RunningBot, openid: str, content: str) -> str:
 
 
 async def member(bot: RunningBot, openid: str) -> Member | None:
-    async with bot.services.db.session() as s:
-        return (await s.execute(sa.select(Member).where(Member.openid == openid))).scalar_one_or_none()
+    with bot.services.db.session() as s:
+        return (s.execute(sa.select(Member).where(Member.openid == openid))).scalar_one_or_none()
 
 
 # --- verification and modes ---------------------------------------------------------------
@@ -269,11 +270,11 @@ class CountingHandler:
         self.calls: Counter[str] = Counter()
         self.delay = delay
 
-    async def __call__(self, ctx: Context) -> Reply:
+    def __call__(self, ctx: Context) -> Reply:
         self.calls[ctx.event.dedupe_key] += 1
         if self.delay:
-            await asyncio.sleep(self.delay)
-        return await core.handle(ctx)
+            time.sleep(self.delay)  # handlers run on the database thread; this one is slow
+        return core.handle(ctx)
 
 
 async def test_same_msgid_three_times_concurrently_runs_once(db_url: str) -> None:
@@ -306,8 +307,8 @@ async def test_events_dedupe_on_sender_time_and_event(db_url: str) -> None:
             await bot.wechat.push(event_xml("o_evt", "subscribe", create_time=ts))
         await bot.wechat.push(event_xml("o_evt", "CLICK", key="help", create_time=ts))
         assert handler.calls == Counter({f"evt:o_evt:{ts}:subscribe": 1, f"evt:o_evt:{ts}:CLICK": 1})
-        async with bot.services.db.session() as s:
-            assert (await s.execute(sa.select(sa.func.count()).select_from(InboundPush))).scalar_one() == 2
+        with bot.services.db.session() as s:
+            assert (s.execute(sa.select(sa.func.count()).select_from(InboundPush))).scalar_one() == 2
 
 
 # --- answering in time ------------------------------------------------------------------------
@@ -318,8 +319,8 @@ async def test_slow_handler_answers_success_and_replies_through_the_outbox(db_ur
         answer = await bot.wechat.push(text_xml("o_slow", "help", 999000333))
         assert answer.status == 200 and answer.body == "success"
         await bot.services.dispatcher.drain()
-        async with bot.services.db.session() as s:
-            rows = (await s.execute(sa.select(OutboxMessage))).scalars().all()
+        with bot.services.db.session() as s:
+            rows = (s.execute(sa.select(OutboxMessage))).scalars().all()
         assert len(rows) == 1 and "Commands" in rows[0].payload and rows[0].priority == 0
         # WeChat does not retry a push that was answered; if it did, nothing would run twice.
         await bot.wechat.push(text_xml("o_slow", "help", 999000333))
@@ -338,10 +339,10 @@ async def test_retry_during_slow_handling_waits_for_the_first_result(db_url: str
 
 
 async def test_failing_handler_apologises_and_the_next_push_works(db_url: str) -> None:
-    async def broken(ctx: Context) -> Reply:
+    def broken(ctx: Context) -> Reply:
         if ctx.event.text == "boom":
             raise RuntimeError("bug")
-        return await core.handle(ctx)
+        return core.handle(ctx)
 
     async with running_bot(make_config(db_url), handler=broken) as bot:
         answer = await bot.wechat.push(text_xml("o_err", "boom", 123123))
@@ -359,10 +360,10 @@ async def test_held_messages_are_released_by_the_members_next_message(db_url: st
         m = await member(bot, "o_held")
         assert m is not None and m.id is not None
         now = bot.services.clock.now()
-        async with bot.services.db.session() as s:
-            await outbox.enqueue(s, member_id=m.id, reply=TextReply("later"), now=now)
-            await s.execute(sa.update(OutboxMessage).values(status="held"))
+        with bot.services.db.session() as s:
+            outbox.enqueue(s, member_id=m.id, reply=TextReply("later"), now=now)
+            s.execute(sa.update(OutboxMessage).values(status="held"))
         await say(bot, "o_held", "help")
-        async with bot.services.db.session() as s:
-            status = (await s.execute(sa.select(OutboxMessage.status))).scalar_one()
+        with bot.services.db.session() as s:
+            status = (s.execute(sa.select(OutboxMessage.status))).scalar_one()
         assert status == "pending"
