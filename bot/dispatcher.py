@@ -14,7 +14,6 @@ import time
 from datetime import datetime
 from dataclasses import dataclass, field
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from typing import Callable, Optional
 
@@ -26,6 +25,7 @@ from handlers.replies import NoReply, Reply, TextReply, reply_from_json, reply_t
 from handlers.texts import DEFAULT_LANG, text
 from storage import members, outbox, pushes
 from storage.db import Database
+from storage.models import MemberStatus
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class Dispatcher:
                       settings=self.settings, push_key=event.dedupe_key)
         reply = self.handler(ctx)
         late = deadline and (delivery.answered_elsewhere or delivery.elapsed() > self.passive_cutoff)
-        if late and sa.inspect(member).was_deleted:
+        if late and member.status == MemberStatus.ERASED:
             late = False  # the member erased themselves; a late reply has nobody to reach
         if late:
             outbox.enqueue(session, member_id=member.id or 0, reply=reply, now=now,

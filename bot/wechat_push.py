@@ -93,9 +93,9 @@ class OfficialAccountPushes:
     def read(self, query: Mapping[str, str], body: bytes, *, now: float | None = None) -> VerifiedPush:
         """Verify and parse a POSTed push in plain, compatible or safe mode."""
         timestamp, nonce = self._check_query(query, time.time() if now is None else now)
-        xml = _parse_xml(body)
         encrypted = query.get("encrypt_type", "raw").lower() == "aes"
         if encrypted:
+            xml = _parse_xml(body)
             if self.crypto is None:
                 raise PushRejected(400, "encrypted push but wechat.encoding_aes_key is not set")
             encrypt = xml.get("Encrypt")
@@ -113,12 +113,19 @@ class OfficialAccountPushes:
             except (ValueError, TypeError, IndexError, struct.error):
                 raise PushRejected(400, "undecryptable Encrypt") from None
             raw = inner.encode() if isinstance(inner, str) else inner
-            xml = _parse_xml(raw)
-            text = raw.decode("utf-8")
         else:
-            text = body.decode("utf-8")
-        return VerifiedPush(event=_to_event(text, xml), encrypted=encrypted, nonce=nonce,
-                            to_user=str(xml.get("ToUserName") or ""))
+            raw = body
+        # The message itself is parsed once, by wechatpy, after the same guards.
+        _refuse_declarations(raw)
+        try:
+            msg = parse_message(raw.decode("utf-8"))
+        except (ExpatError, UnicodeDecodeError, ValueError):
+            raise PushRejected(400, "malformed XML") from None
+        except (KeyError, TypeError, AttributeError):
+            raise PushRejected(400, "push without an <xml> root or MsgType") from None
+        data: Mapping[str, Any] = getattr(msg, "_data", None) or {}
+        return VerifiedPush(event=_to_event(msg, data), encrypted=encrypted, nonce=nonce,
+                            to_user=str(data.get("ToUserName") or ""))
 
     def render(self, push: VerifiedPush, reply: Reply) -> str:
         """The HTTP body that answers a push: `success`, or a (possibly encrypted) XML reply."""
@@ -132,9 +139,13 @@ class OfficialAccountPushes:
         return str(xml)
 
 
-def _parse_xml(body: bytes) -> dict[str, Any]:
+def _refuse_declarations(body: bytes) -> None:
     if _DOCTYPE.search(body):
         raise PushRejected(400, "XML with DTD or entity declarations")
+
+
+def _parse_xml(body: bytes) -> dict[str, Any]:
+    _refuse_declarations(body)
     try:
         doc = xmltodict.parse(body.decode("utf-8"), disable_entities=True)
     except (ExpatError, UnicodeDecodeError, ValueError):
@@ -145,23 +156,22 @@ def _parse_xml(body: bytes) -> dict[str, Any]:
     return root
 
 
-def _to_event(text: str, xml: Mapping[str, Any]) -> InboundEvent:
+def _to_event(msg: Any, data: Mapping[str, Any]) -> InboundEvent:
     """wechatpy's parsed message -> our own event."""
-    if not isinstance(xml.get("MsgType"), str) or not isinstance(xml.get("FromUserName"), str):
+    if not isinstance(data.get("MsgType"), str) or not isinstance(data.get("FromUserName"), str):
         raise PushRejected(400, "push without MsgType or FromUserName")
     try:
-        msg = parse_message(text)
-        created = int(xml.get("CreateTime") or 0)
-    except (ExpatError, KeyError, ValueError, TypeError):
-        raise PushRejected(400, "unparseable push") from None
-    data: Mapping[str, Any] = msg._data
+        created = int(data.get("CreateTime") or 0)
+        created_at = datetime.fromtimestamp(created, timezone.utc)
+    except (ValueError, TypeError, OverflowError, OSError):
+        raise PushRejected(400, "push with a malformed CreateTime") from None
     openid = str(msg.source)
     msg_id = str(data.get("MsgId") or "")
     event_name = str(data.get("Event") or "")
     key = f"msg:{msg_id}" if msg_id and msg_id != "0" else f"evt:{openid}:{created}:{event_name}"
     common: dict[str, Any] = dict(
         platform=PLATFORM, member_id=openid, dedupe_key=key,
-        created_at=datetime.fromtimestamp(created, timezone.utc), raw_type=str(msg.type),
+        created_at=created_at, raw_type=str(msg.type),
     )
     kind = EventKind.OTHER
     extra: dict[str, str] = {}

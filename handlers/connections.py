@@ -6,8 +6,9 @@ from handlers.context import Context
 from handlers.replies import Choice, ChoicesReply, Reply, TextReply
 from handlers.router import Router
 from handlers.visibility import what_may_see
-from storage import graph, invites, outbox
-from storage.models import Member, MemberStatus
+from storage import graph, invites, members, outbox
+from storage.members import MemberRecord
+from storage.models import MemberStatus
 
 router = Router(name="connections")
 
@@ -50,7 +51,7 @@ def join_with_code(ctx: Context, raw_code: str, *, source: str) -> Reply:
     code = invites.clean_code(raw_code)
     me = ctx.member.id or 0
     invite = invites.get_for_update(ctx.session, code=code) if code else None
-    inviter = ctx.session.get(Member, invite.inviter_id) if invite else None
+    inviter = members.by_id(ctx.session, member_id=invite.inviter_id) if invite else None
     if invite is None or inviter is None or inviter.status != MemberStatus.ACTIVE:
         return TextReply(ctx.t("join_unknown", code=code or raw_code.strip()[:20]))
     if invite.inviter_id == me:
@@ -94,7 +95,7 @@ def _number_of(ctx: Context, *, member_id: int, contact_id: int) -> int:
     return 0
 
 
-def strength_question(ctx: Context, who: Member, lead: str, *, number: int, name: str) -> ChoicesReply:
+def strength_question(ctx: Context, who: MemberRecord, lead: str, *, number: int, name: str) -> ChoicesReply:
     """Ask `who` how well they know contact `number`, as taps with the text to type."""
     command = ctx.text_for(who, "strength_command", n=number, level="{level}")
     choices = tuple(

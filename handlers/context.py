@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from handlers import texts
 from handlers.events import InboundEvent
-from storage.models import Member
+from storage.members import MemberRecord
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Context:
     """
 
     event: InboundEvent
-    member: Member
+    member: MemberRecord
     session: Session
     now: datetime
     settings: Settings = field(default_factory=Settings)
@@ -49,6 +49,6 @@ class Context:
         """A user-facing text from the member's language catalogue."""
         return texts.text(self.lang, key, **kwargs)
 
-    def text_for(self, member: Member, key: str, **kwargs: Any) -> str:
+    def text_for(self, member: MemberRecord, key: str, **kwargs: Any) -> str:
         """A text in another member's language (for messages sent to them)."""
         return texts.text(member.lang or texts.DEFAULT_LANG, key, **kwargs)

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from storage.models import Dialog
+from storage.models import Dialog, UTCDateTime
 
 
 @dataclass(frozen=True)
@@ -23,9 +23,14 @@ class DialogState:
     updated_at: datetime
 
 
+# Every text a member sends first asks whether a dialog is open, so this is prebuilt.
+_GET = sa.text("SELECT name, step, data, updated_at FROM dialog WHERE member_id = :member_id").columns(
+    sa.column("name"), sa.column("step"), sa.column("data"), sa.column("updated_at", UTCDateTime))
+
+
 def get(session: Session, *, member_id: int) -> Optional[DialogState]:
     """The member's open dialog, if any."""
-    row = session.get(Dialog, member_id)
+    row = session.connection().execute(_GET, {"member_id": member_id}).first()
     if row is None:
         return None
     return DialogState(name=row.name, step=row.step, data=dict(json.loads(row.data)),

@@ -12,7 +12,8 @@ from typing import Optional
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from storage import pushes
+from storage import members, pushes
+from storage.members import MemberRecord
 from storage.models import (
     Card,
     Connection,
@@ -28,7 +29,7 @@ from storage.models import (
 )
 
 
-def erase_member(session: Session, *, member: Member, keep_push_key: Optional[str] = None) -> None:
+def erase_member(session: Session, *, member: MemberRecord, keep_push_key: Optional[str] = None) -> None:
     """Delete everything about one member, and remove them from every other member's view.
 
     `keep_push_key` spares the push being answered right now, so that a retry of the very
@@ -57,19 +58,20 @@ def erase_member(session: Session, *, member: Member, keep_push_key: Optional[st
     # Replies stored for other members' pushes may quote this member's card. WeChat retries
     # only within seconds, so forgetting them all costs at most a repeated answer.
     pushes.forget_replies(session, except_key=keep_push_key)
-    session.delete(member)
-    session.flush()
+    session.execute(sa.delete(Member).where(Member.id == mid))  # type: ignore[arg-type]
+    member.status = MemberStatus.ERASED
 
 
-def deactivated_before(session: Session, *, cutoff: datetime, limit: int = 500) -> list[Member]:
+def deactivated_before(session: Session, *, cutoff: datetime, limit: int = 500) -> list[MemberRecord]:
     """Members who unsubscribed before `cutoff` and never came back."""
     stmt = (
-        sa.select(Member)
+        sa.select(Member.id)
         .where(Member.status == MemberStatus.DEACTIVATED, Member.deactivated_at < cutoff)  # type: ignore[operator]
-        .order_by(Member.id)
+        .order_by(Member.id)  # type: ignore[arg-type]
         .limit(limit)
     )
-    return list((session.execute(stmt)).scalars())
+    found = (members.by_id(session, member_id=mid) for mid in session.execute(stmt).scalars())
+    return [m for m in found if m is not None]
 
 
 def erase_one_deactivated(session: Session, *, cutoff: datetime) -> bool:

@@ -34,6 +34,7 @@ class MemberStatus:
 
     ACTIVE = "active"
     DEACTIVATED = "deactivated"
+    ERASED = "erased"  # never stored: marks an in-memory record whose row was just deleted
 
 
 class Member(SQLModel, table=True):

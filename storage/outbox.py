@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from handlers.replies import ChoicesReply, NoReply, Reply, reply_to_json
-from storage.models import Member, OutboxAttempt, OutboxMessage, OutboxStatus
+from storage.models import Member, OutboxAttempt, OutboxMessage, OutboxStatus, UTCDateTime
 from storage.sql import dialect, insert_ignore
 
 _outbox = OutboxMessage.__table__  # type: ignore[attr-defined]
@@ -76,14 +76,17 @@ def _queue(
     return insert_ignore(session, _outbox, values, conflict=["dedupe_key"])
 
 
+# Runs on every message a member sends, so it is prebuilt.
+_RELEASE_HELD = sa.text(
+    f"UPDATE outbox SET status = '{OutboxStatus.PENDING}', next_attempt_at = :now "
+    f"WHERE member_id = :member_id AND status = '{OutboxStatus.HELD}'"
+).bindparams(sa.bindparam("now", type_=UTCDateTime))
+
+
 def release_held(session: Session, *, member_id: int, now: datetime) -> int:
     """The member wrote again, so their window is open: held messages become due."""
-    result = session.execute(
-        sa.update(_outbox)
-        .where(_outbox.c.member_id == member_id, _outbox.c.status == OutboxStatus.HELD)
-        .values(status=OutboxStatus.PENDING, next_attempt_at=now)
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    result = session.connection().execute(_RELEASE_HELD, {"member_id": member_id, "now": now})
+    return int(result.rowcount)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""Inbound push deduplication, in the database so restarts and other workers see it too."""
+"""Inbound push deduplication, in the database so restarts and other workers see it too.
+
+These run on every push, so they are prebuilt statements.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,15 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from storage.models import InboundPush
-from storage.sql import insert_ignore
+from storage.models import InboundPush, UTCDateTime
 
 _push = InboundPush.__table__  # type: ignore[attr-defined]
+_CLAIM = sa.text(
+    "INSERT INTO inbound_push (key, member_openid, received_at) VALUES (:key, :openid, :now) "
+    "ON CONFLICT (key) DO NOTHING RETURNING 1"
+).bindparams(sa.bindparam("now", type_=UTCDateTime))
+_REPLY = sa.text("SELECT reply FROM inbound_push WHERE key = :key")
+_FINISH = sa.text("UPDATE inbound_push SET reply = :reply WHERE key = :key")
 
 
 def claim(session: Session, *, key: str, openid: str, now: datetime) -> bool:
@@ -19,21 +27,18 @@ def claim(session: Session, *, key: str, openid: str, now: datetime) -> bool:
     Claim and handling commit together, so a crash in between leaves no claim and the retry is
     handled normally. On PostgreSQL a concurrent claim of the same key waits for ours to finish.
     """
-    return insert_ignore(
-        session, _push, {"key": key, "member_openid": openid, "received_at": now},
-        conflict=["key"],
-    )
+    row = session.connection().execute(_CLAIM, {"key": key, "openid": openid, "now": now}).first()
+    return row is not None
 
 
 def stored_reply(session: Session, *, key: str) -> str | None:
     """The serialised reply a handled push got."""
-    stmt = sa.select(InboundPush.reply).where(InboundPush.key == key)
-    return (session.execute(stmt)).scalar_one_or_none()
+    return session.connection().execute(_REPLY, {"key": key}).scalar_one_or_none()
 
 
 def finish(session: Session, *, key: str, reply: str | None) -> None:
     """Record the reply given to a claimed push."""
-    session.execute(sa.update(_push).where(_push.c.key == key).values(reply=reply))
+    session.connection().execute(_FINISH, {"key": key, "reply": reply})
 
 
 def prune(session: Session, *, older_than: datetime) -> int:
@@ -43,7 +48,7 @@ def prune(session: Session, *, older_than: datetime) -> int:
 
 
 def forget_replies(session: Session, *, older_than: datetime | None = None,
-                         except_key: str | None = None) -> None:
+                   except_key: str | None = None) -> None:
     """Drop stored replies (they may quote members' cards); the keys keep deduplicating."""
     stmt = sa.update(_push).where(_push.c.reply.is_not(None))
     if older_than is not None:

@@ -205,6 +205,9 @@ async def test_oversized_body(bot: RunningBot) -> None:
     '<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY x "boom">]><xml><ToUserName>&x;</ToUserName></xml>',
     '<!DOCTYPE xml SYSTEM "http://example.invalid/x.dtd"><xml><MsgType>text</MsgType></xml>',
     '<xml><!ENTITY lol "lol"><MsgType>text</MsgType></xml>',
+    "<xml><ToUserName>gh</ToUserName><FromUserName>o</FromUserName><CreateTime>99999999999999999999"
+    "</CreateTime><MsgType>text</MsgType><Content>help</Content><MsgId>1</MsgId></xml>",
+    "",
 ])
 async def test_malformed_or_dangerous_xml(bot: RunningBot, bad: str) -> None:
     # Signed and (in compat/safe) encrypted correctly, so the XML itself is what gets refused.
