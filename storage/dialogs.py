@@ -10,7 +10,8 @@ from typing import Any, Optional
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from storage.models import Dialog, UTCDateTime
+from storage.models import Dialog
+from storage.sql import RawStatement, from_db
 
 
 @dataclass(frozen=True)
@@ -24,17 +25,16 @@ class DialogState:
 
 
 # Every text a member sends first asks whether a dialog is open, so this is prebuilt.
-_GET = sa.text("SELECT name, step, data, updated_at FROM dialog WHERE member_id = :member_id").columns(
-    sa.column("name"), sa.column("step"), sa.column("data"), sa.column("updated_at", UTCDateTime))
+_GET = RawStatement("SELECT name, step, data, updated_at FROM dialog WHERE member_id = ?")
 
 
 def get(session: Session, *, member_id: int) -> Optional[DialogState]:
     """The member's open dialog, if any."""
-    row = session.connection().execute(_GET, {"member_id": member_id}).first()
+    row = _GET.execute(session, (member_id,)).fetchone()
     if row is None:
         return None
-    return DialogState(name=row.name, step=row.step, data=dict(json.loads(row.data)),
-                       updated_at=row.updated_at)
+    name, step, data, updated_at = row
+    return DialogState(name=name, step=step, data=dict(json.loads(data)), updated_at=from_db(updated_at))
 
 
 def put(session: Session, *, member_id: int, state: DialogState) -> None:

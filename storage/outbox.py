@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from handlers.replies import ChoicesReply, NoReply, Reply, reply_to_json
-from storage.models import Member, OutboxAttempt, OutboxMessage, OutboxStatus, UTCDateTime
-from storage.sql import dialect, insert_ignore
+from storage.models import Member, OutboxAttempt, OutboxMessage, OutboxStatus
+from storage.sql import RawStatement, dialect, insert_ignore, to_db
 
 _outbox = OutboxMessage.__table__  # type: ignore[attr-defined]
 _attempt = OutboxAttempt.__table__  # type: ignore[attr-defined]
@@ -77,16 +77,15 @@ def _queue(
 
 
 # Runs on every message a member sends, so it is prebuilt.
-_RELEASE_HELD = sa.text(
-    f"UPDATE outbox SET status = '{OutboxStatus.PENDING}', next_attempt_at = :now "
-    f"WHERE member_id = :member_id AND status = '{OutboxStatus.HELD}'"
-).bindparams(sa.bindparam("now", type_=UTCDateTime))
+_RELEASE_HELD = RawStatement(
+    f"UPDATE outbox SET status = '{OutboxStatus.PENDING}', next_attempt_at = ? "
+    f"WHERE member_id = ? AND status = '{OutboxStatus.HELD}'"
+)
 
 
 def release_held(session: Session, *, member_id: int, now: datetime) -> int:
     """The member wrote again, so their window is open: held messages become due."""
-    result = session.connection().execute(_RELEASE_HELD, {"member_id": member_id, "now": now})
-    return int(result.rowcount)
+    return int(_RELEASE_HELD.execute(session, (to_db(session, now), member_id)).rowcount)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Inbound push deduplication, in the database so restarts and other workers see it too.
 
-These run on every push, so they are prebuilt statements.
+These run on every push, so they run on the driver's cursor (storage.sql.RawStatement).
 """
 
 from __future__ import annotations
@@ -10,15 +10,16 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from storage.models import InboundPush, UTCDateTime
+from storage.models import InboundPush
+from storage.sql import RawStatement, to_db
 
 _push = InboundPush.__table__  # type: ignore[attr-defined]
-_CLAIM = sa.text(
-    "INSERT INTO inbound_push (key, member_openid, received_at) VALUES (:key, :openid, :now) "
+_CLAIM = RawStatement(
+    "INSERT INTO inbound_push (key, member_openid, received_at) VALUES (?, ?, ?) "
     "ON CONFLICT (key) DO NOTHING RETURNING 1"
-).bindparams(sa.bindparam("now", type_=UTCDateTime))
-_REPLY = sa.text("SELECT reply FROM inbound_push WHERE key = :key")
-_FINISH = sa.text("UPDATE inbound_push SET reply = :reply WHERE key = :key")
+)
+_REPLY = RawStatement("SELECT reply FROM inbound_push WHERE key = ?")
+_FINISH = RawStatement("UPDATE inbound_push SET reply = ? WHERE key = ?")
 
 
 def claim(session: Session, *, key: str, openid: str, now: datetime) -> bool:
@@ -27,18 +28,18 @@ def claim(session: Session, *, key: str, openid: str, now: datetime) -> bool:
     Claim and handling commit together, so a crash in between leaves no claim and the retry is
     handled normally. On PostgreSQL a concurrent claim of the same key waits for ours to finish.
     """
-    row = session.connection().execute(_CLAIM, {"key": key, "openid": openid, "now": now}).first()
-    return row is not None
+    return _CLAIM.execute(session, (key, openid, to_db(session, now))).fetchone() is not None
 
 
 def stored_reply(session: Session, *, key: str) -> str | None:
     """The serialised reply a handled push got."""
-    return session.connection().execute(_REPLY, {"key": key}).scalar_one_or_none()
+    row = _REPLY.execute(session, (key,)).fetchone()
+    return row[0] if row else None
 
 
 def finish(session: Session, *, key: str, reply: str | None) -> None:
     """Record the reply given to a claimed push."""
-    session.connection().execute(_FINISH, {"key": key, "reply": reply})
+    _FINISH.execute(session, (reply, key))
 
 
 def prune(session: Session, *, older_than: datetime) -> int:
