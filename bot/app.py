@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import json
 import logging
-from datetime import timedelta
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Callable, Optional
 
 import sqlalchemy as sa
@@ -61,11 +61,7 @@ def build_services(
     """Wire the parts together without starting anything."""
     clock = clock or SystemClock()
     db = Database(config.storage.url)
-    api = (
-        WeChatAPI(db=db, app_id=config.wechat.app_id, app_secret=config.wechat.app_secret,
-                  base_url=config.wechat.api_base_url, clock=clock)
-        if config.wechat.api_configured else None
-    )
+    api = WeChatAPI.from_config(config.wechat, db=db, clock=clock) if config.wechat.api_configured else None
     sender = OutboxSender(db=db, api=api, clock=clock)
     dispatcher = Dispatcher(db=db, clock=clock, on_outbox=sender.wake, handler=handler or core.handle,
                             settings=handler_settings(config),

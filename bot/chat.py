@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
+from dataclasses import replace
 from typing import Optional, TextIO
 
 from bot.clock import SystemClock
@@ -33,7 +34,9 @@ async def run_chat(config: Config, *, user: str, stdin: Optional[TextIO] = None,
     await db.upgrade()
     from bot.app import handler_settings
 
-    dispatcher = Dispatcher(db=db, clock=clock, settings=handler_settings(config))
+    # A terminal cannot show a QR code image, so invites there are codes only.
+    settings = replace(handler_settings(config), qr_invites=False)
+    dispatcher = Dispatcher(db=db, clock=clock, settings=settings)
     interactive = stdin.isatty()
 
     def say(line: str) -> None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable, Optional
 
 from sqlalchemy.orm import Session
-from typing import Callable, Optional
 
 from bot.clock import Clock
 from handlers import core

@@ -255,3 +255,21 @@ async def test_chat_shows_messages_queued_for_the_member(db_url: str) -> None:
     with db.session() as s:
         assert (s.execute(sa.select(OutboxMessage.status))).scalar_one() == "sent"
     await db.dispose()
+
+
+def test_newcomer_flow_in_the_terminal(tmp_path: Path) -> None:
+    """PRODUCT.md's first minute: card, invite, connect, contacts, export, delete."""
+    env = {"YINJIAN_STORAGE__URL": f"sqlite:///{tmp_path / 'newcomer.db'}"}
+    alice = run("chat", "--user", "alice", env=env, stdin="lang en\nset name Alice\nset title Founder\ninvite\n")
+    code = re.search(r"^\s*join ([A-Z2-9]{6,10})$", alice.stdout, re.M)
+    assert code, alice.stdout
+    bob = run("chat", "--user", "bob", env=env,
+              stdin=f"设置 姓名 Bob\n加入 {code.group(1)}\n熟悉度 1 2\n人脉\n")
+    assert "你已和Alice建立联系。" in bob.stdout and "1. Alice——共事或同学" in bob.stdout
+    back = run("chat", "--user", "alice", env=env, stdin="contacts\nexport\ndelete me\ndelete me confirm\n")
+    assert "Bob used your invite: you are now connected." in back.stdout  # queued while away
+    assert "1. Bob — not rated yet" in back.stdout
+    assert re.search(r"http://127\.0\.0\.1:8080/export/[\w-]{20,}", back.stdout)
+    assert "delete me confirm" in back.stdout and "Your data has been deleted." in back.stdout
+    after = run("chat", "--user", "bob", env=env, stdin="人脉\n")
+    assert "还没有联系人" in after.stdout

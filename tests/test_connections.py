@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from bot.clock import FixedClock
 from storage.models import Connection, Invite, Member
 from tests.botkit import RunningBot, event, make_config, queued, running_bot, say
+from tests.fakes.fake_api import FakeWeChatAPI
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 CODE = re.compile(r"\b([A-Z2-9]{6,10})\b")
@@ -160,3 +161,25 @@ def test_codes_are_random(tmp_path) -> None:  # type: ignore[no-untyped-def]
     codes = {new_code() for _ in range(2000)}
     assert len(codes) == 2000 and all(CODE.fullmatch(c) for c in codes)
 
+
+
+async def test_invite_with_the_api_sends_a_qr_code_that_connects(db_url: str, fake_api: FakeWeChatAPI) -> None:
+    cfg = make_config(db_url, app_id=fake_api.app_id, app_secret=fake_api.app_secret,
+                      api_base_url=fake_api.base_url, encoding_aes_key="")
+    async with running_bot(cfg, mode="plain") as bot:
+        await say(bot, "alice", "set name Alice")
+        reply = await say(bot, "alice", "invite")
+        assert "A QR code image follows in a moment." in reply
+        code = await invite_code(bot, "alice")
+        assert await bot.services.sender.send_due() == 2
+        created = fake_api.calls_to("/cgi-bin/qrcode/create")
+        assert [c.body["action_info"]["scene"]["scene_str"] for c in created] == [  # type: ignore[index]
+            re.search(r"join ([A-Z2-9]+)", reply).group(1), code]  # type: ignore[union-attr]
+        assert all(c.body["action_name"] == "QR_STR_SCENE" and c.body["expire_seconds"] == 7 * 86400  # type: ignore[index]
+                   for c in created)
+        sent = fake_api.delivered_to("alice")
+        assert len(sent) == 2 and "https://mp.weixin.qq.com/cgi-bin/showqrcode?ticket=" in sent[0]["text"]["content"]
+        assert sent[0]["text"]["content"].startswith("Your invite QR code (valid 7 days).")
+        # Scanning it: a new follower arrives with the code as the scene.
+        welcome = await event(bot, "scanner", "subscribe", key=f"qrscene_{code}")
+        assert "你已和Alice建立联系。" in welcome
