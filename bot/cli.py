@@ -48,6 +48,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # aiohttp's access log would print every push's query string, signatures included.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # Library chatter that says nothing an operator needs (our own lines say what started).
+    for noisy in ("alembic.runtime.plugins", "apscheduler"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         config = load_config(args.config)
         if args.command == "serve":
