@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import aiohttp
 from sqlalchemy.orm import Session
-from wechatpy.constants import WeChatErrorCode  # type: ignore[import-untyped]
+from wechatpy.constants import WeChatErrorCode
 
 from bot.clock import Clock, SystemClock
 from bot.config import DEFAULT_API_BASE_URL, ConfigError, WeChatConfig

@@ -169,10 +169,6 @@ def _to_event(msg: Any, data: Mapping[str, Any]) -> InboundEvent:
     msg_id = str(data.get("MsgId") or "")
     event_name = str(data.get("Event") or "")
     key = f"msg:{msg_id}" if msg_id and msg_id != "0" else f"evt:{openid}:{created}:{event_name}"
-    common: dict[str, Any] = dict(
-        platform=PLATFORM, member_id=openid, dedupe_key=key,
-        created_at=created_at, raw_type=str(msg.type),
-    )
     kind = EventKind.OTHER
     extra: dict[str, str] = {}
     if msg.type == "text":
@@ -192,4 +188,5 @@ def _to_event(msg: Any, data: Mapping[str, Any]) -> InboundEvent:
             kind, extra = EventKind.SCAN, {"scene": str(data.get("EventKey") or "")}
         elif event == "click":
             kind, extra = EventKind.CLICK, {"key": str(data.get("EventKey") or "")}
-    return InboundEvent(kind=kind, **common, **extra)
+    return InboundEvent(kind=kind, platform=PLATFORM, member_id=openid, dedupe_key=key,
+                        created_at=created_at, raw_type=str(msg.type), **extra)

@@ -9,6 +9,7 @@ from typing import Optional, Union
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from storage.models import Card
 
@@ -79,5 +80,7 @@ def names(session: Session, *, member_ids: list[int]) -> dict[int, Optional[str]
     """Card names of several members at once."""
     if not member_ids:
         return {}
-    rows = session.execute(sa.select(Card.member_id, Card.name).where(Card.member_id.in_(member_ids)))  # type: ignore[attr-defined]
+    rows = session.execute(
+        sa.select(col(Card.member_id), col(Card.name)).where(col(Card.member_id).in_(member_ids))
+    )
     return {mid: name for mid, name in rows.all()}

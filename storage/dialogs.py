@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from storage.models import Dialog
 from storage.sql import RawStatement, from_db
@@ -34,7 +35,9 @@ def get(session: Session, *, member_id: int) -> Optional[DialogState]:
     if row is None:
         return None
     name, step, data, updated_at = row
-    return DialogState(name=name, step=step, data=dict(json.loads(data)), updated_at=from_db(updated_at))
+    # updated_at is NOT NULL, so from_db gives a datetime here.
+    return DialogState(name=name, step=step, data=dict(json.loads(data)),
+                       updated_at=cast(datetime, from_db(updated_at)))
 
 
 def put(session: Session, *, member_id: int, state: DialogState) -> None:
@@ -50,4 +53,4 @@ def put(session: Session, *, member_id: int, state: DialogState) -> None:
 
 def clear(session: Session, *, member_id: int) -> None:
     """End the member's dialog."""
-    session.execute(sa.delete(Dialog).where(Dialog.member_id == member_id))  # type: ignore[arg-type]
+    session.execute(sa.delete(Dialog).where(col(Dialog.member_id) == member_id))

@@ -7,10 +7,11 @@ deleted member is left in any table.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Optional
+from typing import Optional, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from storage import members, pushes
 from storage.members import MemberRecord
@@ -36,41 +37,43 @@ def erase_member(session: Session, *, member: MemberRecord, keep_push_key: Optio
     `delete me confirm` that caused this is still recognised as a duplicate.
     """
     mid = member.id
-    outbox_ids = sa.select(OutboxMessage.id).where(OutboxMessage.member_id == mid)
-    session.execute(sa.delete(OutboxAttempt).where(OutboxAttempt.outbox_id.in_(outbox_ids)))  # type: ignore[attr-defined]
+    outbox_ids = sa.select(col(OutboxMessage.id)).where(col(OutboxMessage.member_id) == mid)
+    session.execute(sa.delete(OutboxAttempt).where(col(OutboxAttempt.outbox_id).in_(outbox_ids)))
     for stmt in (
-        sa.delete(OutboxMessage).where(OutboxMessage.member_id == mid),
-        sa.delete(ExportLink).where(ExportLink.member_id == mid),
-        sa.delete(Dialog).where(Dialog.member_id == mid),
-        sa.delete(Invite).where(Invite.inviter_id == mid),
-        sa.delete(Connection).where(sa.or_(Connection.member_id == mid, Connection.contact_id == mid)),
-        sa.delete(Card).where(Card.member_id == mid),
-        sa.delete(MemberSettings).where(MemberSettings.member_id == mid),
+        sa.delete(OutboxMessage).where(col(OutboxMessage.member_id) == mid),
+        sa.delete(ExportLink).where(col(ExportLink.member_id) == mid),
+        sa.delete(Dialog).where(col(Dialog.member_id) == mid),
+        sa.delete(Invite).where(col(Invite.inviter_id) == mid),
+        sa.delete(Connection).where(sa.or_(col(Connection.member_id) == mid, col(Connection.contact_id) == mid)),
+        sa.delete(Card).where(col(Card.member_id) == mid),
+        sa.delete(MemberSettings).where(col(MemberSettings.member_id) == mid),
     ):
-        session.execute(stmt)  # type: ignore[arg-type]
-    own_pushes = sa.delete(InboundPush).where(InboundPush.member_openid == member.openid)
+        session.execute(stmt)
+    own_pushes = sa.delete(InboundPush).where(col(InboundPush.member_openid) == member.openid)
     if keep_push_key is not None:
-        own_pushes = own_pushes.where(InboundPush.key != keep_push_key)
+        own_pushes = own_pushes.where(col(InboundPush.key) != keep_push_key)
         # The kept key is a message id; it no longer says whose message it was.
-        session.execute(sa.update(InboundPush).where(InboundPush.key == keep_push_key)
+        session.execute(sa.update(InboundPush).where(col(InboundPush.key) == keep_push_key)
                               .values(member_openid=""))
     session.execute(own_pushes)
     # Replies stored for other members' pushes may quote this member's card. WeChat retries
     # only within seconds, so forgetting them all costs at most a repeated answer.
     pushes.forget_replies(session, except_key=keep_push_key)
-    session.execute(sa.delete(Member).where(Member.id == mid))  # type: ignore[arg-type]
+    session.execute(sa.delete(Member).where(col(Member.id) == mid))
     member.status = MemberStatus.ERASED
 
 
 def deactivated_before(session: Session, *, cutoff: datetime, limit: int = 500) -> list[MemberRecord]:
     """Members who unsubscribed before `cutoff` and never came back."""
     stmt = (
-        sa.select(Member.id)
-        .where(Member.status == MemberStatus.DEACTIVATED, Member.deactivated_at < cutoff)  # type: ignore[operator]
-        .order_by(Member.id)  # type: ignore[arg-type]
+        sa.select(col(Member.id))
+        .where(col(Member.status) == MemberStatus.DEACTIVATED, col(Member.deactivated_at) < cutoff)
+        .order_by(col(Member.id))
         .limit(limit)
     )
-    found = (members.by_id(session, member_id=mid) for mid in session.execute(stmt).scalars())
+    # A primary key is never NULL, whatever the model's Optional[int] says.
+    ids = cast("sa.ScalarResult[int]", session.execute(stmt).scalars())
+    found = (members.by_id(session, member_id=mid) for mid in ids)
     return [m for m in found if m is not None]
 
 

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from storage import cards, graph, privacy
 from storage.models import ExportLink, Invite, Member
@@ -28,9 +29,10 @@ def consume_link(session: Session, *, token: str, now: datetime) -> Optional[int
     """Use a link: the member id when it is valid, unused and unexpired; it never works again."""
     result = session.execute(
         sa.update(ExportLink)
-        .where(ExportLink.token == token, ExportLink.used_at.is_(None), ExportLink.expires_at > now)  # type: ignore[union-attr,attr-defined,operator,arg-type]
+        .where(col(ExportLink.token) == token, col(ExportLink.used_at).is_(None),
+               col(ExportLink.expires_at) > now)
         .values(used_at=now)
-        .returning(ExportLink.member_id)
+        .returning(col(ExportLink.member_id))
     )
     row = result.first()
     return int(row[0]) if row else None
@@ -49,7 +51,7 @@ def collect(session: Session, *, member_id: int) -> dict[str, Any]:
     prefs = privacy.get(session, member_id=member_id)
     contacts = graph.contacts(session, member_id=member_id)
     invites = (session.execute(
-        sa.select(Invite).where(Invite.inviter_id == member_id).order_by(Invite.created_at)  # type: ignore[arg-type]
+        sa.select(Invite).where(col(Invite.inviter_id) == member_id).order_by(col(Invite.created_at))
     )).scalars().all()
     return {
         "member": {"platform": member.platform, "id": member.openid, "language": member.lang,

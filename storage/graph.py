@@ -8,6 +8,7 @@ from typing import Optional
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from storage.models import Card, Connection, Member, MemberStatus
 from storage.sql import insert_ignore
@@ -50,11 +51,12 @@ class ContactRow:
 def contacts(session: Session, *, member_id: int) -> list[ContactRow]:
     """A member's active connections, numbered in the order they were made (stable numbers)."""
     stmt = (
-        sa.select(Connection.contact_id, Card.name, Connection.strength, Connection.created_at)
-        .join(Member, Member.id == Connection.contact_id)  # type: ignore[arg-type]
-        .outerjoin(Card, Card.member_id == Connection.contact_id)  # type: ignore[arg-type]
-        .where(Connection.member_id == member_id, Member.status == MemberStatus.ACTIVE)
-        .order_by(Connection.created_at, Connection.id)  # type: ignore[arg-type]
+        sa.select(col(Connection.contact_id), col(Card.name), col(Connection.strength),
+                  col(Connection.created_at))
+        .join(Member, col(Member.id) == col(Connection.contact_id))
+        .outerjoin(Card, col(Card.member_id) == col(Connection.contact_id))
+        .where(col(Connection.member_id) == member_id, col(Member.status) == MemberStatus.ACTIVE)
+        .order_by(col(Connection.created_at), col(Connection.id))
     )
     rows = (session.execute(stmt)).all()
     return [ContactRow(number=i + 1, contact_id=cid, name=name, strength=strength, since=since)

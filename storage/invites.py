@@ -9,6 +9,7 @@ from typing import Optional
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from storage.models import Invite
 from storage.sql import insert_ignore
@@ -43,7 +44,7 @@ def create(session: Session, *, inviter_id: int, now: datetime, ttl: timedelta,
 
 def get_for_update(session: Session, *, code: str) -> Optional[Invite]:
     """The invite with this code, locked for this transaction on PostgreSQL."""
-    stmt = sa.select(Invite).where(Invite.code == code)
+    stmt = sa.select(Invite).where(col(Invite.code) == code)
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update()
     return (session.execute(stmt)).scalar_one_or_none()

@@ -7,6 +7,7 @@ and the record together.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Optional
@@ -58,7 +59,9 @@ _BY_ID = RawStatement(f"SELECT {', '.join(_COLUMNS)} FROM member WHERE id = ?")
 
 
 def _record(row: tuple[Any, ...]) -> MemberRecord:
-    return MemberRecord(*(from_db(v) if i in _TIMES else v for i, v in enumerate(row)))
+    # Values as the driver returned them, in MemberRecord's field order.
+    values: Iterator[Any] = (from_db(v) if i in _TIMES else v for i, v in enumerate(row))
+    return MemberRecord(*values)
 
 
 def touch(

@@ -6,6 +6,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from storage.models import OutboxAttempt, OutboxMessage, OutboxStatus
 
@@ -14,9 +15,9 @@ def queued_for(session: Session, *, member_id: int) -> list[OutboxMessage]:
     """Messages waiting for this member, most important first, then oldest first."""
     stmt = (
         sa.select(OutboxMessage)
-        .where(OutboxMessage.member_id == member_id,
-               OutboxMessage.status.in_([OutboxStatus.PENDING, OutboxStatus.HELD]))  # type: ignore[attr-defined]
-        .order_by(OutboxMessage.priority, OutboxMessage.id)  # type: ignore[arg-type]
+        .where(col(OutboxMessage.member_id) == member_id,
+               col(OutboxMessage.status).in_([OutboxStatus.PENDING, OutboxStatus.HELD]))
+        .order_by(col(OutboxMessage.priority), col(OutboxMessage.id))
     )
     return list((session.execute(stmt)).scalars())
 

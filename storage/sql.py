@@ -43,7 +43,7 @@ class RawStatement:
 
     def execute(self, session: Session, params: tuple[Any, ...]) -> Any:
         """Execute in the session's transaction; returns the driver's cursor."""
-        cached = session.info.get("driver")
+        cached: tuple[Any, bool] | None = session.info.get("driver")
         if cached is None:
             connection = session.connection()
             cached = session.info["driver"] = (connection.connection.driver_connection,
@@ -67,6 +67,5 @@ def from_db(value: Any) -> datetime | None:
     """What the driver returned for a UTCDateTime column, as an aware datetime."""
     if value is None:
         return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=timezone.utc)
+    parsed: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return parsed.replace(tzinfo=timezone.utc)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from alembic import context
 from sqlalchemy import create_engine, pool, text
 
@@ -15,7 +17,8 @@ _PG_MIGRATION_LOCK = 0x79696E6A
 
 
 def run_migrations_online() -> None:
-    url = config.attributes.get("sync_url") or config.get_main_option("sqlalchemy.url")
+    # Database.upgrade always sets sync_url; the ini option is only a fallback.
+    url = cast(str, config.attributes.get("sync_url") or config.get_main_option("sqlalchemy.url"))
     engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
         postgres = connection.dialect.name == "postgresql"

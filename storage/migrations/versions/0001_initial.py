@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from alembic import op
 import sqlalchemy as sa
-import sqlmodel
+from sqlmodel.sql.sqltypes import AutoString
 import storage.models
 
 
@@ -20,7 +20,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table('access_token',
-    sa.Column('app_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('app_id', AutoString(length=64), nullable=False),
     sa.Column('token', sa.Text(), nullable=True),
     sa.Column('expires_at', storage.models.UTCDateTime(), nullable=True),
     sa.Column('refresh_lock_until', storage.models.UTCDateTime(), nullable=True),
@@ -28,8 +28,8 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('app_id')
     )
     op.create_table('inbound_push',
-    sa.Column('key', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('member_openid', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+    sa.Column('key', AutoString(length=200), nullable=False),
+    sa.Column('member_openid', AutoString(length=128), nullable=False),
     sa.Column('received_at', storage.models.UTCDateTime(), nullable=False),
     sa.Column('reply', sa.Text(), nullable=True),
     sa.PrimaryKeyConstraint('key')
@@ -39,10 +39,10 @@ def upgrade() -> None:
 
     op.create_table('member',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('platform', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-    sa.Column('openid', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
-    sa.Column('lang', sqlmodel.sql.sqltypes.AutoString(length=8), nullable=True),
-    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('platform', AutoString(length=16), nullable=False),
+    sa.Column('openid', AutoString(length=128), nullable=False),
+    sa.Column('lang', AutoString(length=8), nullable=True),
+    sa.Column('status', AutoString(length=16), nullable=False),
     sa.Column('created_at', storage.models.UTCDateTime(), nullable=False),
     sa.Column('last_message_at', storage.models.UTCDateTime(), nullable=True),
     sa.Column('last_event_at', storage.models.UTCDateTime(), nullable=True),
@@ -53,17 +53,17 @@ def upgrade() -> None:
     op.create_table('outbox',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('member_id', sa.Integer(), nullable=False),
-    sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('kind', AutoString(length=16), nullable=False),
     sa.Column('payload', sa.Text(), nullable=False),
     sa.Column('priority', sa.Integer(), nullable=False),
-    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('status', AutoString(length=16), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('created_at', storage.models.UTCDateTime(), nullable=False),
     sa.Column('next_attempt_at', storage.models.UTCDateTime(), nullable=False),
     sa.Column('lease_until', storage.models.UTCDateTime(), nullable=True),
     sa.Column('sent_at', storage.models.UTCDateTime(), nullable=True),
     sa.Column('last_errcode', sa.Integer(), nullable=True),
-    sa.Column('dedupe_key', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
+    sa.Column('dedupe_key', AutoString(length=200), nullable=True),
     sa.ForeignKeyConstraint(['member_id'], ['member.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('dedupe_key')
@@ -77,8 +77,8 @@ def upgrade() -> None:
     sa.Column('outbox_id', sa.Integer(), nullable=False),
     sa.Column('attempted_at', storage.models.UTCDateTime(), nullable=False),
     sa.Column('errcode', sa.Integer(), nullable=True),
-    sa.Column('errmsg', sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
-    sa.Column('outcome', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('errmsg', AutoString(length=500), nullable=False),
+    sa.Column('outcome', AutoString(length=16), nullable=False),
     sa.ForeignKeyConstraint(['outbox_id'], ['outbox.id'], ),
     sa.PrimaryKeyConstraint('id')
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from alembic import op
 import sqlalchemy as sa
-import sqlmodel
+from sqlmodel.sql.sqltypes import AutoString
 import storage.models
 
 
@@ -21,15 +21,15 @@ depends_on = None
 def upgrade() -> None:
     op.create_table('card',
     sa.Column('member_id', sa.Integer(), nullable=False),
-    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True),
-    sa.Column('title', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=True),
-    sa.Column('company', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=True),
-    sa.Column('city', sqlmodel.sql.sqltypes.AutoString(length=30), nullable=True),
-    sa.Column('industry', sqlmodel.sql.sqltypes.AutoString(length=30), nullable=True),
+    sa.Column('name', AutoString(length=40), nullable=True),
+    sa.Column('title', AutoString(length=60), nullable=True),
+    sa.Column('company', AutoString(length=60), nullable=True),
+    sa.Column('city', AutoString(length=30), nullable=True),
+    sa.Column('industry', AutoString(length=30), nullable=True),
     sa.Column('offers', sa.Text(), nullable=False),
     sa.Column('needs', sa.Text(), nullable=False),
-    sa.Column('bio', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
-    sa.Column('contact', sqlmodel.sql.sqltypes.AutoString(length=80), nullable=True),
+    sa.Column('bio', AutoString(length=200), nullable=True),
+    sa.Column('contact', AutoString(length=80), nullable=True),
     sa.Column('updated_at', storage.models.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['member_id'], ['member.id'], ),
     sa.PrimaryKeyConstraint('member_id')
@@ -39,7 +39,7 @@ def upgrade() -> None:
     sa.Column('member_id', sa.Integer(), nullable=False),
     sa.Column('contact_id', sa.Integer(), nullable=False),
     sa.Column('strength', sa.Integer(), nullable=True),
-    sa.Column('source', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('source', AutoString(length=16), nullable=False),
     sa.Column('created_at', storage.models.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['contact_id'], ['member.id'], ),
     sa.ForeignKeyConstraint(['member_id'], ['member.id'], ),
@@ -52,15 +52,15 @@ def upgrade() -> None:
 
     op.create_table('dialog',
     sa.Column('member_id', sa.Integer(), nullable=False),
-    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-    sa.Column('step', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+    sa.Column('name', AutoString(length=32), nullable=False),
+    sa.Column('step', AutoString(length=32), nullable=False),
     sa.Column('data', sa.Text(), nullable=False),
     sa.Column('updated_at', storage.models.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['member_id'], ['member.id'], ),
     sa.PrimaryKeyConstraint('member_id')
     )
     op.create_table('export_link',
-    sa.Column('token', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('token', AutoString(length=64), nullable=False),
     sa.Column('member_id', sa.Integer(), nullable=False),
     sa.Column('created_at', storage.models.UTCDateTime(), nullable=False),
     sa.Column('expires_at', storage.models.UTCDateTime(), nullable=False),
@@ -72,7 +72,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_export_link_member_id'), ['member_id'], unique=False)
 
     op.create_table('invite',
-    sa.Column('code', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('code', AutoString(length=16), nullable=False),
     sa.Column('inviter_id', sa.Integer(), nullable=False),
     sa.Column('created_at', storage.models.UTCDateTime(), nullable=False),
     sa.Column('expires_at', storage.models.UTCDateTime(), nullable=False),
