@@ -205,3 +205,63 @@ class ExportLink(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime)
     used_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+
+
+class SearchToken(SQLModel, table=True):
+    """One word of a member's card, for search and ask matching (Chinese segmented by jieba)."""
+
+    __tablename__ = "search_token"
+    __table_args__ = (sa.Index("ix_search_token_token", "token", "member_id"),)
+
+    member_id: int = Field(primary_key=True, foreign_key="member.id")
+    token: str = Field(primary_key=True, max_length=64)
+    weight: int = Field(default=1)  # how often the word occurs on the card
+
+
+class SearchResult(SQLModel, table=True):
+    """A member's last search, numbered, so that `intro N` knows whom N meant."""
+
+    __tablename__ = "search_result"
+
+    member_id: int = Field(primary_key=True, foreign_key="member.id")
+    n: int = Field(primary_key=True)
+    target_id: int = Field(foreign_key="member.id", index=True)
+    degree: int
+    path: str = Field(sa_type=sa.Text)  # JSON list of member ids, searcher first, target last
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class Intro(SQLModel, table=True):
+    """An introduction: requested by R for T through connectors, or made by a broker C for A and B."""
+
+    __tablename__ = "intro"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16)  # "request" or "broker"
+    requester_id: Optional[int] = Field(default=None, foreign_key="member.id", index=True)
+    target_id: int = Field(foreign_key="member.id", index=True)
+    broker_id: Optional[int] = Field(default=None, foreign_key="member.id", index=True)
+    note: str = Field(default="", max_length=200)
+    path: str = Field(default="[]", sa_type=sa.Text)  # JSON member ids R, connector(s), T
+    status: str = Field(default="pending", max_length=16)  # pending, completed, declined, expired
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    finished_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+
+
+class IntroStep(SQLModel, table=True):
+    """One decision an introduction waits for; its id is what `accept ID` / `decline ID` name."""
+
+    __tablename__ = "intro_step"
+    __table_args__ = (sa.Index("ix_intro_step_due", "status", "expires_at"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    intro_id: int = Field(foreign_key="intro.id", index=True)
+    seq: int  # order along the path; broker introductions have two steps with the same seq
+    actor_id: int = Field(foreign_key="member.id", index=True)
+    role: str = Field(max_length=16)  # connector, target, party
+    status: str = Field(default="pending", max_length=16)  # pending, waiting, accepted, declined, expired
+    vouch: str = Field(default="", max_length=200)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    expires_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    reminded_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    decided_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
