@@ -73,6 +73,10 @@ def save(session: Session, *, member_id: int, changes: dict[str, Value], now: da
     card.updated_at = now
     session.add(card)
     session.flush()
+    # Imported here: storage.search reads cards.values, so a module-level import would be circular.
+    from storage import search
+
+    search.index_card(session, member_id=member_id, card=card)
     return card
 
 

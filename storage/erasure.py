@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from storage import members, pushes
+from storage import members, pushes, search
 from storage.members import MemberRecord
 from storage.models import (
     Card,
@@ -39,6 +39,7 @@ def erase_member(session: Session, *, member: MemberRecord, keep_push_key: Optio
     mid = member.id
     outbox_ids = sa.select(col(OutboxMessage.id)).where(col(OutboxMessage.member_id) == mid)
     session.execute(sa.delete(OutboxAttempt).where(col(OutboxAttempt.outbox_id).in_(outbox_ids)))
+    search.forget_member(session, member_id=mid)
     for stmt in (
         sa.delete(OutboxMessage).where(col(OutboxMessage.member_id) == mid),
         sa.delete(ExportLink).where(col(ExportLink.member_id) == mid),
