@@ -22,6 +22,12 @@ class Settings:
     public_url: str = "http://127.0.0.1:8080"
     qr_invites: bool = False  # True when the WeChat API is configured
     deletion_grace: timedelta = timedelta(days=7)
+    # Introductions (PRODUCT.md, Introductions): limits and how long a step waits.
+    intro_max_open: int = 3  # open requests per requester
+    intro_connector_weekly: int = 5  # requests a connector is asked to pass on, rolling 7 days
+    intro_cooldown: timedelta = timedelta(days=30)  # after one could not be made, same target
+    intro_step_ttl: timedelta = timedelta(days=7)  # a pending step expires after this
+    intro_reminder_after: timedelta = timedelta(days=3)  # and gets its one reminder after this
 
 
 @dataclass
