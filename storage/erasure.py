@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from storage import intros as intro_store
 from storage import members, pushes, search
 from storage.members import MemberRecord
 from storage.models import (
@@ -37,6 +38,8 @@ def erase_member(session: Session, *, member: MemberRecord, keep_push_key: Optio
     `delete me confirm` that caused this is still recognised as a duplicate.
     """
     mid = member.id
+    # Their introductions go whole, with the messages about them still queued for others.
+    intro_store.erase_member(session, member_id=mid)
     outbox_ids = sa.select(col(OutboxMessage.id)).where(col(OutboxMessage.member_id) == mid)
     session.execute(sa.delete(OutboxAttempt).where(col(OutboxAttempt.outbox_id).in_(outbox_ids)))
     search.forget_member(session, member_id=mid)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime, timedelta
-from typing import Any, Optional
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from storage import cards, graph, privacy
+from storage import cards, graph, intros, privacy
 from storage.models import ExportLink, Invite, Member
 
 LINK_TTL = timedelta(hours=24)
@@ -25,7 +25,7 @@ def create_link(session: Session, *, member_id: int, now: datetime) -> ExportLin
     return link
 
 
-def consume_link(session: Session, *, token: str, now: datetime) -> Optional[int]:
+def consume_link(session: Session, *, token: str, now: datetime) -> int | None:
     """Use a link: the member id when it is valid, unused and unexpired; it never works again."""
     result = session.execute(
         sa.update(ExportLink)
@@ -38,7 +38,7 @@ def consume_link(session: Session, *, token: str, now: datetime) -> Optional[int
     return int(row[0]) if row else None
 
 
-def _iso(value: Optional[datetime]) -> Optional[str]:
+def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
@@ -63,9 +63,35 @@ def collect(session: Session, *, member_id: int) -> dict[str, Any]:
         "connections": [{"name": c.name, "strength": c.strength, "since": _iso(c.since)} for c in contacts],
         "invites": [{"code": i.code, "created_at": _iso(i.created_at), "expires_at": _iso(i.expires_at),
                      "uses": i.uses, "max_uses": i.max_uses} for i in invites],
-        "introductions": [],
+        "introductions": _introductions(session, member_id=member_id),
         "asks": [],
     }
+
+
+def _introductions(session: Session, *, member_id: int) -> list[dict[str, Any]]:
+    """The member's introductions: their part in each, its outcome, and what they wrote.
+
+    Other people's names are left out: the member may not be allowed to see them any more.
+    """
+    mine = {s.id: s for s in intros.steps_by(session, actor_id=member_id)}
+    out = []
+    for intro in intros.involving(session, member_id=member_id):
+        if member_id == intro.broker_id:
+            role = "broker"
+        elif member_id == intro.requester_id:
+            role = "requester" if intro.kind == intros.KIND_REQUEST else "party"
+        elif member_id == intro.target_id:
+            role = "target" if intro.kind == intros.KIND_REQUEST else "party"
+        else:
+            role = "connector"
+        wrote_note = member_id == (intro.requester_id if intro.kind == intros.KIND_REQUEST else intro.broker_id)
+        decisions = [{"step": s.id, "decision": s.status, "vouch": s.vouch, "asked_at": _iso(s.created_at),
+                      "decided_at": _iso(s.decided_at)}
+                     for s in mine.values() if s.intro_id == intro.id]
+        out.append({"id": intro.id, "kind": intro.kind, "role": role, "status": intro.status,
+                    "note": intro.note if wrote_note else None, "created_at": _iso(intro.created_at),
+                    "finished_at": _iso(intro.finished_at), "decisions": decisions})
+    return out
 
 
 def use_link(session: Session, *, token: str, now: datetime) -> dict[str, Any]:
