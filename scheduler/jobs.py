@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Awaitable, Callable
 
 from sqlalchemy.orm import Session
 
@@ -64,6 +64,22 @@ async def purge_deactivated(deps: JobDeps, now: datetime) -> str:
     return f"erased the data of {erased} members who left before {cutoff.date().isoformat()}"
 
 
+async def intro_expiry(deps: JobDeps, now: datetime) -> str:
+    """Remind each pending introduction step once after 3 days, and expire it after 7."""
+    from bot.app import handler_settings  # bot.app imports the scheduler: import when run
+    from handlers import intros
+
+    settings = handler_settings(deps.config)
+    counts = {"reminded": 0, "expired": 0, "skipped": 0}
+    # One step per transaction: a crash mid-run loses nothing, and the next run goes on.
+    while (outcome := await deps.db.run(intros.process_due_step, now=now, settings=settings)) is not None:
+        counts[outcome] += 1
+        if counts["skipped"] > 1000:  # a bug, not a state: never spin forever
+            log.error("intro-expiry: too many steps skipped; stopping this run")
+            break
+    return f"sent {counts['reminded']} introduction reminders, expired {counts['expired']} steps"
+
+
 # Off the :00 and :30 marks, when everyone else's jobs run (WECHAT.md §8.3).
 JOBS: dict[str, JobSpec] = {
     spec.name: spec
@@ -72,5 +88,7 @@ JOBS: dict[str, JobSpec] = {
                 "forget old push deduplication keys"),
         JobSpec("purge-deactivated", purge_deactivated, {"hour": "3", "minute": "47"},
                 "delete the data of members who unsubscribed before the grace period"),
+        JobSpec("intro-expiry", intro_expiry, {"minute": "23"},
+                "remind introduction steps after 3 days and expire them after 7"),
     ]
 }
