@@ -259,7 +259,7 @@ class IntroStep(SQLModel, table=True):
     seq: int  # order along the path; broker introductions have two steps with the same seq
     actor_id: int = Field(foreign_key="member.id", index=True)
     role: str = Field(max_length=16)  # connector, target, party
-    status: str = Field(default="pending", max_length=16)  # pending, waiting, accepted, declined, expired
+    status: str = Field(default="pending", max_length=16)  # pending, accepted, declined, expired, closed
     vouch: str = Field(default="", max_length=200)
     created_at: datetime = Field(sa_type=UTCDateTime)
     expires_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)

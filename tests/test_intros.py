@@ -450,3 +450,18 @@ async def test_export_lists_my_introductions(db_url: str) -> None:
         assert [(i["role"], i["status"], i["note"]) for i in mine] == [("requester", "pending", "Hello there")]
         assert hers[0]["role"] == "connector" and hers[0]["note"] is None
         assert [(d["decision"], d["vouch"]) for d in hers[0]["decisions"]] == [("accepted", "Solid")]
+
+
+async def test_from_find_to_introduction_through_the_webhook(db_url: str) -> None:
+    async with running_bot(make_config(db_url)) as bot:
+        await triangle(bot, zh=True)
+        await say(bot, "bob", "设置 职位 律师")
+        found = await say(bot, "alice", "找 律师")
+        assert "1. Bob" in found and "bob@wx" not in found
+        assert (await say(bot, "alice", "引荐 1 想请教合同问题")).startswith("你认识Bob的请求已通过共同联系人发出。")
+        ask_c = (await queued(bot, "carol"))[-1]
+        await say(bot, "carol", f"接受 {step_id(ask_c)}")
+        ask_b = (await queued(bot, "bob"))[-1]
+        assert "想请教合同问题" in ask_b and "alice@wx" not in ask_b
+        assert "联系方式：alice@wx" in await say(bot, "bob", f"接受 {step_id(ask_b)}")
+        assert await connected(bot, "alice", "bob")
