@@ -22,6 +22,7 @@ from typing import Optional
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
+from hypothesis import event as note_event
 from hypothesis import strategies as st
 
 from bot.clock import FixedClock
@@ -29,17 +30,17 @@ from bot.dispatcher import Dispatcher
 from handlers.events import EventKind, InboundEvent
 from handlers.replies import as_plain_text, reply_from_json
 from handlers.visibility import may_see
-from storage import cards, graph, members, privacy
+from storage import cards, graph, intros, members, privacy
 from storage.cards import FIELD_NAMES
 from storage.db import Database
-from storage.models import Connection, OutboxMessage
+from storage.models import Connection, Intro, OutboxMessage
 from storage.privacy import LEVELS
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 PLATFORM = "oa"
 MAX_MEMBERS = 7
 # Enough examples to matter, few enough for CI on two cores; the seed is fixed by settings.
-EXAMPLES = int(os.environ.get("YINJIAN_PROPERTY_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("YINJIAN_PROPERTY_EXAMPLES", "100"))
 _run = itertools.count()
 
 
@@ -70,14 +71,17 @@ Action = tuple[int, str, int, int]  # actor, verb, a, b
 actions = st.lists(
     st.tuples(
         st.integers(0, MAX_MEMBERS - 1),
-        st.sampled_from(["find", "intro", "accept", "decline", "introduce", "requests"]),
+        # Weighted towards what moves introductions along.
+        st.sampled_from(["find", "intro", "intro", "intro", "accept", "accept", "accept", "accept",
+                         "accept", "decline", "introduce", "introduce", "requests"]),
         st.integers(0, MAX_MEMBERS - 1),
         st.integers(1, 12),
     ),
-    min_size=1,
-    max_size=25,
+    min_size=6,
+    max_size=30,
 )
-graphs = st.sets(st.tuples(st.integers(0, MAX_MEMBERS - 1), st.integers(0, MAX_MEMBERS - 1)), max_size=14)
+graphs = st.sets(st.tuples(st.integers(0, MAX_MEMBERS - 1), st.integers(0, MAX_MEMBERS - 1)),
+                 min_size=5, max_size=14)
 level_choices = st.lists(st.sampled_from(LEVELS), min_size=MAX_MEMBERS * len(FIELD_NAMES),
                          max_size=MAX_MEMBERS * len(FIELD_NAMES))
 
@@ -117,17 +121,25 @@ def build_world(db: Database, edges: set[tuple[int, int]], levels: list[str]) ->
 SPECS_TAGS = {spec.name: spec.tags for spec in cards.FIELDS}
 
 
-def command(world: World, action: Action) -> str:
+def commands(db: Database, world: World, action: Action) -> list[tuple[int, str]]:
+    """What the drawn action makes members type: (member, text) pairs, in order."""
     actor, verb, a, b = action
-    if verb == "find":
-        return f"find {keyword(a, world.run)}"
-    if verb == "intro":
-        return f"intro {b % 10 + 1} hello"
-    if verb == "introduce":
-        return f"introduce {a % 5 + 1} {b % 5 + 1} meet"
     if verb in ("accept", "decline"):
-        return f"{verb} {b}"
-    return "requests"
+        # Mostly someone whose decision is awaited acts; sometimes anyone tries any id.
+        with db.session() as s:
+            waiting = [(m, step.id) for m, mid in world.ids.items()
+                       for step in intros.pending_for(s, actor_id=mid)]
+        if waiting and b % 4:
+            who, step = waiting[(a + b) % len(waiting)]
+            return [(who, f"{verb} {step} vouch" if verb == "accept" else f"{verb} {step}")]
+        return [(actor, f"{verb} {b}")]
+    if verb == "find":
+        return [(actor, f"find {keyword(a, world.run)}")]
+    if verb == "intro":
+        return [(actor, f"find {keyword(a, world.run)}"), (actor, f"intro {1 if b % 5 else b} hello")]
+    if verb == "introduce":
+        return [(actor, f"introduce {a % 4 + 1} {b % 4 + 1} meet")]
+    return [(actor, "requests")]
 
 
 def degrees(db: Database, world: World) -> dict[tuple[int, int], Optional[int]]:
@@ -183,19 +195,24 @@ def test_nothing_leaks_without_a_double_opt_in(property_db: Database, edges: set
         with property_db.session() as s:
             last_outbox = s.execute(sa.select(sa.func.coalesce(sa.func.max(OutboxMessage.id), 0))).scalar_one()
         for action in script:
-            before = degrees(property_db, world)
-            typed = command(world, action)
-            event = InboundEvent(kind=EventKind.TEXT, platform=PLATFORM, member_id=world.openid(action[0]),
-                                 dedupe_key=f"prop:{uuid.uuid4().hex}", created_at=clock.now(),
-                                 text=typed, raw_type="text")
-            reply = as_plain_text(await dispatcher.process(event))
-            after = degrees(property_db, world)
-            opted = opted_in_pairs(property_db, world)
-            check(world, action[0], reply, before, after, opted)
-            for row_id, recipient, text in outbox_since(property_db, world, last_outbox):
-                check(world, recipient, text, before, after, opted)
-                last_outbox = max(last_outbox, row_id)
-            clock.advance(minutes=1)
+            for actor, typed in commands(property_db, world, action):
+                before = degrees(property_db, world)
+                event = InboundEvent(kind=EventKind.TEXT, platform=PLATFORM, member_id=world.openid(actor),
+                                     dedupe_key=f"prop:{uuid.uuid4().hex}", created_at=clock.now(),
+                                     text=typed, raw_type="text")
+                reply = as_plain_text(await dispatcher.process(event))
+                after = degrees(property_db, world)
+                opted = opted_in_pairs(property_db, world)
+                check(world, actor, reply, before, after, opted)
+                for row_id, recipient, text in outbox_since(property_db, world, last_outbox):
+                    check(world, recipient, text, before, after, opted)
+                    last_outbox = max(last_outbox, row_id)
+                clock.advance(minutes=1)
+        with property_db.session() as s:
+            made = s.execute(sa.select(Intro.status)
+                             .where(Intro.target_id.in_(world.ids.values()))).scalars().all()  # type: ignore[attr-defined]
+        note_event(f"introductions started: {'some' if made else 'none'}")
+        note_event(f"introductions completed: {'some' if 'completed' in made else 'none'}")
 
     asyncio.run(play())
 
