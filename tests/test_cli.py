@@ -273,3 +273,38 @@ def test_newcomer_flow_in_the_terminal(tmp_path: Path) -> None:
     assert "delete me confirm" in back.stdout and "Your data has been deleted." in back.stdout
     after = run("chat", "--user", "bob", env=env, stdin="人脉\n")
     assert "还没有联系人" in after.stdout
+
+
+def test_introduction_flow_in_the_terminal(tmp_path: Path) -> None:
+    """Issue 4's flow in `yinjian chat`: search, request, forward with a vouch, accept, exchange."""
+    env = {"YINJIAN_STORAGE__URL": f"sqlite:///{tmp_path / 'intro.db'}"}
+
+    def chat(user: str, *lines: str) -> str:
+        result = run("chat", "--user", user, env=env, stdin="".join(f"{line}\n" for line in lines))
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def code_in(out: str) -> str:
+        found = re.search(r"^\s*join ([A-Z2-9]{6,10})$", out, re.M)
+        assert found, out
+        return found.group(1)
+
+    chat("ann", "lang en", "set name Ann", "set contact ann@example.com")
+    first, second = code_in(chat("ben", "lang en", "set name Ben", "invite")), code_in(chat("ben", "invite"))
+    chat("ann", f"join {first}")
+    chat("cat", "lang en", "set name Cat", "set title Tax lawyer", "set contact cat@example.com",
+         f"join {second}")
+    found = chat("ann", "find lawyer", "intro 1 Could you help with our tax setup?")
+    assert "1. Cat — Tax lawyer" in found and "via Ben" in found
+    assert "cat@example.com" not in found
+    asked = chat("ben")
+    step = re.search(r"accept (\d+)", asked)
+    assert step and "Ann asks you for an introduction to Cat" in asked
+    chat("ben", f"accept {step.group(1)} Ann is a careful founder")
+    offered = chat("cat")
+    step = re.search(r"accept (\d+)", offered)
+    assert step and "Ben vouches" in offered and "ann@example.com" not in offered
+    done = chat("cat", f"accept {step.group(1)}")
+    assert "Contact: ann@example.com" in done
+    exchanged = chat("ann", "contacts")
+    assert "Contact: cat@example.com" in exchanged and "2. Cat" in exchanged
