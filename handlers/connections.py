@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from sqlalchemy.orm import Session
+
 from handlers.context import Context
+from handlers.texts import DEFAULT_LANG, text
 from handlers.replies import Choice, ChoicesReply, Reply, TextReply
 from handlers.router import Router
 from handlers.visibility import what_may_see
@@ -89,7 +92,12 @@ def display_name(ctx: Context, *, viewer_id: int, owner_id: int, lang: str) -> s
 
 
 def _number_of(ctx: Context, *, member_id: int, contact_id: int) -> int:
-    for row in graph.contacts(ctx.session, member_id=member_id):
+    return contact_number(ctx.session, member_id=member_id, contact_id=contact_id)
+
+
+def contact_number(session: Session, *, member_id: int, contact_id: int) -> int:
+    """Where contact_id stands in member_id's `contacts` list (0 when not there)."""
+    for row in graph.contacts(session, member_id=member_id):
         if row.contact_id == contact_id:
             return row.number
     return 0
@@ -97,14 +105,19 @@ def _number_of(ctx: Context, *, member_id: int, contact_id: int) -> int:
 
 def strength_question(ctx: Context, who: MemberRecord, lead: str, *, number: int, name: str) -> ChoicesReply:
     """Ask `who` how well they know contact `number`, as taps with the text to type."""
-    command = ctx.text_for(who, "strength_command", n=number, level="{level}")
+    return ask_strength(who.lang or DEFAULT_LANG, lead, number=number, name=name)
+
+
+def ask_strength(lang: str, lead: str, *, number: int, name: str) -> ChoicesReply:
+    """After any new connection: how well do you know contact `number`? Taps and text to type."""
+    command = text(lang, "strength_command", n=number, level="{level}")
     choices = tuple(
-        Choice(label=ctx.text_for(who, f"strength_{level}"), command=command.replace("{level}", str(level)))
+        Choice(label=text(lang, f"strength_{level}"), command=command.replace("{level}", str(level)))
         for level in STRENGTHS
     )
-    question = ctx.text_for(who, "strength_question", name=name)
+    question = text(lang, "strength_question", name=name)
     return ChoicesReply(text=f"{lead}\n\n{question}", choices=choices,
-                        footer=ctx.text_for(who, "strength_footer", example=command.replace("{level}", "2")))
+                        footer=text(lang, "strength_footer", example=command.replace("{level}", "2")))
 
 
 @router.command("contacts", en=["contacts", "connections"], zh=["人脉", "联系人", "好友"],

@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 
 from handlers import texts
 from handlers.context import Context, Settings
-from handlers.replies import Choice, ChoicesReply, Reply, TextReply
+from handlers.connections import ask_strength, contact_number
+from handlers.replies import Choice, ChoicesReply, NoReply, Reply, TextReply
 from handlers.router import Router
 from handlers.visibility import what_may_see
 from storage import graph, members, outbox, privacy, search
@@ -195,26 +196,30 @@ def _fail(session: Session, *, intro: IntroView, status: str, now: datetime, dec
     return True
 
 
-def _complete(session: Session, *, intro: IntroView, now: datetime, decider: int) -> str:
+def _complete(session: Session, *, intro: IntroView, now: datetime, decider: int) -> Reply:
     """Both said yes: connect them, send each the other's full card, thank the connectors.
 
     Returns the decider's own answer (they are not sent a message: they get it as the reply).
+    Like every new connection, each side is asked how well they know the other.
     """
     store.finish(session, intro_id=intro.id, status=store.COMPLETED, now=now)
     a, b = intro.requester_id or 0, intro.target_id
     source = "introduction" if intro.kind == store.KIND_REQUEST else "broker"
     graph.connect(session, a=a, b=b, source=source, now=now)
     # Now 1st degree: the visibility rule itself lets each see the other's contact.
-    answer = ""
+    answer: Reply = NoReply()
     for me, other in ((a, b), (b, a)):
         lang = _lang(session, me)
         name = _name(session, viewer_id=me, owner_id=other, lang=lang)
         card = _card(session, viewer_id=me, owner_id=other, lang=lang)
+        number = contact_number(session, member_id=me, contact_id=other)
         if me == decider:
-            answer = texts.text(lang, "intro_connected_reply", name=name, card=card)
+            answer = ask_strength(lang, texts.text(lang, "intro_connected_reply", name=name, card=card),
+                                  number=number, name=name)
         else:
             _send(session, member_id=me, now=now, key=f"intro:{intro.id}:made:{me}",
-                  reply=TextReply(texts.text(lang, "intro_made", name=name, card=card)))
+                  reply=ask_strength(lang, texts.text(lang, "intro_made", name=name, card=card),
+                                     number=number, name=name))
     for c in _connectors(intro):
         lang = _lang(session, c)
         _send(session, member_id=c, now=now, key=f"intro:{intro.id}:made:{c}", reply=TextReply(texts.text(
@@ -432,11 +437,11 @@ def _decide(ctx: Context, args: str, *, accept: bool) -> Reply:
         return TextReply(ctx.t("declined_reply"))
     if intro.kind == store.KIND_BROKER:
         if all(x.status == store.ACCEPTED for x in store.steps_of(s, intro_id=intro.id)):
-            return TextReply(_complete(s, intro=intro, now=now, decider=me))
+            return _complete(s, intro=intro, now=now, decider=me)
         other = intro.target_id if me == intro.requester_id else intro.requester_id or 0
         return TextReply(ctx.t("introduce_waiting", name=_name(s, viewer_id=me, owner_id=other, lang=ctx.lang)))
     if step.role == store.ROLE_TARGET:
-        return TextReply(_complete(s, intro=intro, now=now, decider=me))
+        return _complete(s, intro=intro, now=now, decider=me)
     return _forward(ctx, intro, step, vouch)
 
 

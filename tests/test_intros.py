@@ -113,8 +113,10 @@ async def test_request_forward_with_vouch_accept_and_exchange(db_url: str) -> No
         assert not await connected(bot, "alice", "bob")
         done = await say(bot, "bob", f"accept {step_id(ask_b)}")
         assert done.startswith("Done: you are now connected with Alice.") and "Contact: alice@mail" in done
+        assert "How well do you know Alice?" in done and "strength 2 3" in done  # Alice is Bob's 2nd
         [made] = await new_messages(bot, "alice", seen)
         assert made.startswith("Good news: you and Bob both said yes.") and "Contact: bob@mail" in made
+        assert "How well do you know Bob?" in made and "strength 2 1" in made
         assert await connected(bot, "alice", "bob") and await connected(bot, "bob", "alice")
         [thanks] = await new_messages(bot, "carol", seen)
         assert thanks == "Your introduction of Alice and Bob went through: they are now connected. Thank you!"
