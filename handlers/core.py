@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from handlers import basics, cards, connections, intros, privacy, rights, search
+from handlers import asks, basics, cards, connections, digests, intros, privacy, rights, search
 from handlers.context import Context
 from handlers.events import EventKind
 from handlers.replies import ChoicesReply, NoReply, Reply, TextReply
@@ -18,7 +18,7 @@ DIALOGS = {**cards.DIALOGS}
 def root_router() -> Router:
     """The router tree of every feature; the longest matching alias wins."""
     root = Router(name="root")
-    for feature in (basics, cards, connections, privacy, rights, search, intros):
+    for feature in (basics, cards, connections, privacy, rights, search, intros, asks, digests):
         root.include(feature.router)
     return root
 

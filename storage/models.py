@@ -154,6 +154,9 @@ class MemberSettings(SQLModel, table=True):
     visibility: str = Field(default="{}", sa_type=sa.Text)
     stealth: bool = Field(default=False)
     paused_until: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    digest: str = Field(default="weekly", max_length=8,
+                        sa_column_kwargs={"server_default": "weekly"})  # weekly, daily, off
+    timezone: Optional[str] = Field(default=None, max_length=64)  # None: the scheduler's zone
 
 
 class Connection(SQLModel, table=True):
@@ -265,3 +268,50 @@ class IntroStep(SQLModel, table=True):
     expires_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
     reminded_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
     decided_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+
+
+class Ask(SQLModel, table=True):
+    """A need a member posted to their network; open for 30 days."""
+
+    __tablename__ = "ask"
+    __table_args__ = (sa.Index("ix_ask_open", "status", "expires_at"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    member_id: int = Field(foreign_key="member.id", index=True)
+    text: str = Field(max_length=200)
+    status: str = Field(default="open", max_length=16)  # open, closed, expired
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    closed_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+
+
+class Nudge(SQLModel, table=True):
+    """A referral nudge to a connector: (ask, candidate) is nudged once, ever."""
+
+    __tablename__ = "nudge"
+    __table_args__ = (sa.UniqueConstraint("ask_id", "candidate_id", name="uq_nudge_ask_candidate"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    ask_id: int = Field(foreign_key="ask.id", index=True)
+    candidate_id: int = Field(foreign_key="member.id", index=True)
+    connector_id: int = Field(foreign_key="member.id", index=True)
+    status: str = Field(default="sent", max_length=16)  # sent, introduced, not_now
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    decided_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+
+
+class FollowUp(SQLModel, table=True):
+    """"Did you meet?" after a completed introduction: one row per side and round."""
+
+    __tablename__ = "follow_up"
+    __table_args__ = (sa.UniqueConstraint("intro_id", "member_id", "round", name="uq_follow_up"),
+                      sa.Index("ix_follow_up_due", "status", "due_at"))
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    intro_id: int = Field(foreign_key="intro.id", index=True)
+    member_id: int = Field(foreign_key="member.id", index=True)
+    round: int = Field(default=1)  # 2: asked again after "not yet"
+    due_at: datetime = Field(sa_type=UTCDateTime)
+    status: str = Field(default="pending", max_length=16)  # pending, asked, answered
+    answer: Optional[str] = Field(default=None, max_length=16)  # yes, not_yet, not_useful
+    answered_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
