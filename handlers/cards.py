@@ -8,7 +8,7 @@ from handlers import fields
 from handlers.context import Context
 from handlers.replies import Reply, TextReply
 from handlers.router import Router, normalize
-from storage import cards, dialogs, privacy
+from storage import cards, dialogs, followups, privacy
 from storage.cards import FIELD_NAMES, SPECS, Value
 from storage.dialogs import DialogState
 
@@ -35,6 +35,10 @@ def render_card(ctx: Context, values: dict[str, Value], prefs: privacy.Privacy) 
     for name in FIELD_NAMES:
         lines.append(ctx.t("card_line", field=ctx.t(f"field_{name}"), value=show_value(ctx, values[name]),
                            level=ctx.t(f"level_{prefs.level(name)}")))
+    # A connector's track record: introductions made and the meetings that came of them.
+    made, met = followups.track_record(ctx.session, member_id=ctx.member.id or 0)
+    if made:
+        lines += ["", ctx.t("track_record", made=made, met=met)]
     lines += ["", ctx.t("card_footer")]
     return "\n".join(lines)
 

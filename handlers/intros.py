@@ -20,7 +20,7 @@ from handlers.connections import ask_strength, contact_number
 from handlers.replies import Choice, ChoicesReply, NoReply, Reply, TextReply
 from handlers.router import Router
 from handlers.visibility import what_may_see
-from storage import graph, members, outbox, privacy, search
+from storage import followups, graph, members, outbox, privacy, search
 from storage import intros as store
 from storage.cards import FIELD_NAMES
 from storage.intros import IntroView, StepView
@@ -204,6 +204,8 @@ def _complete(session: Session, *, intro: IntroView, now: datetime, decider: int
     """
     store.finish(session, intro_id=intro.id, status=store.COMPLETED, now=now)
     a, b = intro.requester_id or 0, intro.target_id
+    # "Did you meet?" a week later, to both sides (handlers.asks sends it, job follow-ups).
+    followups.schedule(session, intro_id=intro.id, member_ids=[a, b], due_at=now + followups.FOLLOW_UP_AFTER)
     source = "introduction" if intro.kind == store.KIND_REQUEST else "broker"
     graph.connect(session, a=a, b=b, source=source, now=now)
     # Now 1st degree: the visibility rule itself lets each see the other's contact.
@@ -342,20 +344,33 @@ def introduce_command(ctx: Context, args: str) -> Reply:
     a, b = rows[int(parts[0])].contact_id, rows[int(parts[1])].contact_id
     aname = _name(s, viewer_id=me, owner_id=a, lang=ctx.lang)
     bname = _name(s, viewer_id=me, owner_id=b, lang=ctx.lang)
-    if graph.are_connected(s, a=a, b=b):
-        return TextReply(ctx.t("introduce_connected", a=aname, b=bname))
-    if store.open_broker_between(s, a=a, b=b):
-        return TextReply(ctx.t("introduce_open", a=aname, b=bname))
-    for who, name in ((a, aname), (b, bname)):
-        if privacy.get(s, member_id=who).paused(ctx.now):
-            return TextReply(ctx.t("introduce_paused", name=name))
-    intro = store.create_intro(s, kind=store.KIND_BROKER, requester_id=a, target_id=b, broker_id=me,
-                               note=note, path=[a, me, b], now=ctx.now)
-    for who in (a, b):
-        step = store.add_step(s, intro_id=intro.id, seq=1, actor_id=who, role=store.ROLE_PARTY,
-                              now=ctx.now, ttl=st.intro_step_ttl)
-        _ask_actor(s, step=step, intro=intro, now=ctx.now, settings=st)
+    started = start_broker(s, broker_id=me, a=a, b=b, note=note, now=ctx.now, settings=st)
+    if isinstance(started, tuple):
+        key, who = started
+        return TextReply(ctx.t(key, a=aname, b=bname, name=aname if who == a else bname))
     return TextReply(ctx.t("introduce_sent", a=aname, b=bname, days=_days(st.intro_step_ttl)))
+
+
+def start_broker(session: Session, *, broker_id: int, a: int, b: int, note: str, now: datetime,
+                 settings: Settings) -> IntroView | tuple[str, int | None]:
+    """Start a broker introduction of a and b by broker_id (`introduce`, or Introduce on a nudge).
+
+    Returns the new introduction, or the catalogue key of why not and whom it concerns.
+    """
+    if graph.are_connected(session, a=a, b=b):
+        return "introduce_connected", None
+    if store.open_broker_between(session, a=a, b=b):
+        return "introduce_open", None
+    for who in (a, b):
+        if privacy.get(session, member_id=who).paused(now):
+            return "introduce_paused", who
+    intro = store.create_intro(session, kind=store.KIND_BROKER, requester_id=a, target_id=b,
+                               broker_id=broker_id, note=note, path=[a, broker_id, b], now=now)
+    for who in (a, b):
+        step = store.add_step(session, intro_id=intro.id, seq=1, actor_id=who, role=store.ROLE_PARTY,
+                              now=now, ttl=settings.intro_step_ttl)
+        _ask_actor(session, step=step, intro=intro, now=now, settings=settings)
+    return intro
 
 
 def _summary(ctx: Context, step: StepView, intro: IntroView) -> str:

@@ -80,6 +80,30 @@ async def intro_expiry(deps: JobDeps, now: datetime) -> str:
     return f"sent {counts['reminded']} introduction reminders, expired {counts['expired']} steps"
 
 
+async def referral_nudges(deps: JobDeps, now: datetime) -> str:
+    """Nudge the mutual connector of each open ask and a 2nd-degree member who offers it."""
+    from handlers import asks
+
+    expired = await deps.db.run(asks.expire_asks, now=now)
+    sent = 0
+    # One ask per transaction, each (ask, candidate) pair recorded once ever with its message:
+    # a second run or worker finds the pairs taken, and a crash loses only the ask in flight.
+    for ask_id in await deps.db.run(asks.open_ask_ids, now=now):
+        sent += await deps.db.run(asks.process_ask, ask_id=ask_id, now=now)
+    return f"sent {sent} referral nudges, expired {expired} asks"
+
+
+async def follow_ups(deps: JobDeps, now: datetime) -> str:
+    """Ask both sides of each introduction completed a week ago whether they met."""
+    from handlers import asks
+
+    counts = {"asked": 0, "cancelled": 0}
+    # One follow-up per transaction; a follow-up leaves 'pending' as its message is queued.
+    while (outcome := await deps.db.run(asks.process_due_follow_up, now=now)) is not None:
+        counts[outcome] += 1
+    return f"sent {counts['asked']} follow-ups, cancelled {counts['cancelled']}"
+
+
 # Off the :00 and :30 marks, when everyone else's jobs run (WECHAT.md §8.3).
 JOBS: dict[str, JobSpec] = {
     spec.name: spec
@@ -90,5 +114,9 @@ JOBS: dict[str, JobSpec] = {
                 "delete the data of members who unsubscribed before the grace period"),
         JobSpec("intro-expiry", intro_expiry, {"minute": "23"},
                 "remind introduction steps after 3 days and expire them after 7"),
+        JobSpec("referral-nudges", referral_nudges, {"hour": "10", "minute": "41"},
+                "nudge connectors when a contact's contact offers what an ask needs"),
+        JobSpec("follow-ups", follow_ups, {"hour": "11", "minute": "13"},
+                "ask whether people met a week after their introduction"),
     ]
 }

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from storage import asks, followups, members, pushes, search
 from storage import intros as intro_store
-from storage import members, pushes, search
 from storage.members import MemberRecord
 from storage.models import (
     Card,
@@ -38,6 +38,11 @@ def erase_member(session: Session, *, member: MemberRecord, keep_push_key: Optio
     `delete me confirm` that caused this is still recognised as a duplicate.
     """
     mid = member.id
+    # Their asks and the nudges about them or to them go, with the nudges still queued.
+    asks.erase_member(session, member_id=mid)
+    # Follow-ups of their introductions go first: they point at the introductions.
+    followups.erase_intros(session, intro_ids=[i.id for i in intro_store.involving(session, member_id=mid)])
+    followups.erase_member(session, member_id=mid)
     # Their introductions go whole, with the messages about them still queued for others.
     intro_store.erase_member(session, member_id=mid)
     outbox_ids = sa.select(col(OutboxMessage.id)).where(col(OutboxMessage.member_id) == mid)

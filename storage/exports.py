@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from storage import cards, graph, intros, privacy
+from storage import asks, cards, followups, graph, intros, privacy
 from storage.models import ExportLink, Invite, Member
 
 LINK_TTL = timedelta(hours=24)
@@ -64,7 +64,12 @@ def collect(session: Session, *, member_id: int) -> dict[str, Any]:
         "invites": [{"code": i.code, "created_at": _iso(i.created_at), "expires_at": _iso(i.expires_at),
                      "uses": i.uses, "max_uses": i.max_uses} for i in invites],
         "introductions": _introductions(session, member_id=member_id),
-        "asks": [],
+        "asks": [{"id": a.id, "text": a.text, "status": a.status, "created_at": _iso(a.created_at),
+                  "expires_at": _iso(a.expires_at), "closed_at": _iso(a.closed_at)}
+                 for a in asks.of_member(session, member_id=member_id)],
+        "follow_ups": [{"introduction": f.intro_id, "round": f.round, "status": f.status, "answer": f.answer,
+                        "answered_at": _iso(f.answered_at)}
+                       for f in followups.of_member(session, member_id=member_id)],
     }
 
 
