@@ -244,7 +244,7 @@ def follow_up_message(session: Session, *, fu: followups.FollowUpView, intro: in
 
 
 def process_due_follow_up(session: Session, *, now: datetime) -> str | None:
-    """Ask the next due follow-up (one transaction): 'asked', 'cancelled', or None when none is due."""
+    """Ask the next due follow-up (one transaction): 'asked', 'cancelled', 'skipped', or None if none is due."""
     fu = followups.next_due(session, now=now)
     if fu is None:
         return None
@@ -253,7 +253,7 @@ def process_due_follow_up(session: Session, *, now: datetime) -> str | None:
         followups.mark(session, follow_up_id=fu.id, status=followups.CANCELLED)
         return "cancelled"
     if not followups.mark(session, follow_up_id=fu.id, status=followups.ASKED):
-        return "cancelled"
+        return "skipped"  # another worker asked it a moment ago
     lang = _lang(session, fu.member_id)
     outbox.enqueue(session, member_id=fu.member_id, now=now, priority=outbox.PRIORITY_FOLLOW_UP,
                    dedupe_key=f"followup:{intro.id}:{fu.member_id}:{fu.round}",

@@ -49,6 +49,7 @@ def collect(session: Session, *, member_id: int) -> dict[str, Any]:
         return {}
     card_row = cards.get(session, member_id=member_id)
     prefs = privacy.get(session, member_id=member_id)
+    digest = privacy.digest_settings(session, member_id=member_id)
     contacts = graph.contacts(session, member_id=member_id)
     invites = (session.execute(
         sa.select(Invite).where(col(Invite.inviter_id) == member_id).order_by(col(Invite.created_at))
@@ -59,7 +60,8 @@ def collect(session: Session, *, member_id: int) -> dict[str, Any]:
                    "last_message_at": _iso(member.last_message_at)},
         "card": cards.values(card_row),
         "settings": {"visibility": {f: prefs.level(f) for f in cards.FIELD_NAMES},
-                     "stealth": prefs.stealth, "paused_until": _iso(prefs.paused_until)},
+                     "stealth": prefs.stealth, "paused_until": _iso(prefs.paused_until),
+                     "digest": digest[0], "timezone": digest[1]},
         "connections": [{"name": c.name, "strength": c.strength, "since": _iso(c.since)} for c in contacts],
         "invites": [{"code": i.code, "created_at": _iso(i.created_at), "expires_at": _iso(i.expires_at),
                      "uses": i.uses, "max_uses": i.max_uses} for i in invites],

@@ -71,3 +71,27 @@ def set_pause(session: Session, *, member_id: int, until: Optional[datetime]) ->
     row = _row(session, member_id)
     row.paused_until = until
     session.add(row)
+
+
+def digest_settings(session: Session, *, member_id: int) -> tuple[str, str | None]:
+    """The member's digest cadence (weekly, daily, off) and time zone (None: the scheduler's)."""
+    row = session.get(MemberSettings, member_id)
+    if row is None:
+        return "weekly", None
+    return row.digest or "weekly", row.timezone
+
+
+def set_digest(session: Session, *, member_id: int, cadence: str) -> None:
+    """Set the digest cadence: weekly, daily or off."""
+    if cadence not in ("weekly", "daily", "off"):
+        raise ValueError(f"unknown digest cadence {cadence!r}")
+    row = _row(session, member_id)
+    row.digest = cadence
+    session.add(row)
+
+
+def set_timezone(session: Session, *, member_id: int, timezone: str | None) -> None:
+    """Set the time zone the member's digest follows (None: the scheduler's)."""
+    row = _row(session, member_id)
+    row.timezone = timezone
+    session.add(row)

@@ -247,3 +247,54 @@ async def test_deleting_a_member_removes_their_asks_nudges_and_follow_ups(db_url
         await say(bot, "bob", "delete me confirm")
         assert await references(bot.services.db, bob) == []
         assert "Track record" not in await say(bot, "carol", "card")
+
+
+async def test_jobs_on_two_workers_and_after_a_crash_send_nothing_twice(db_url: str) -> None:
+    import asyncio
+
+    from handlers import asks as ask_handlers
+
+    async with running_bot(make_config(db_url), clock=FixedClock(T0)) as bot:
+        seen = await triangle(bot)
+        await member(bot, "dan")
+        await connect(bot, "carol", "dan")
+        await say(bot, "bob", "set offers tax law")
+        await say(bot, "dan", "set industry Design")
+        await new_messages(bot, "carol", seen)
+        await say(bot, "alice", "ask tax law")
+        await say(bot, "alice", "ask design")
+        # A crash while the second ask is being nudged: the first stays done, the second rolls back.
+        real = ask_handlers.outbox.enqueue
+        calls = 0
+
+        def crashing(*args: object, **kwargs: object) -> bool:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                raise RuntimeError("worker killed")
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+
+        ask_handlers.outbox.enqueue = crashing  # type: ignore[assignment]
+        try:
+            try:
+                await run(bot, "referral-nudges", T0)
+            except RuntimeError:
+                pass
+        finally:
+            ask_handlers.outbox.enqueue = real  # type: ignore[assignment]
+        assert len(await new_messages(bot, "carol", seen)) == 1
+        # Two workers at once finish the rest, once.
+        results = await asyncio.gather(run(bot, "referral-nudges", T0), run(bot, "referral-nudges", T0))
+        assert sorted(r.split(",")[0] for r in results) == ["sent 0 referral nudges", "sent 1 referral nudges"]
+        got = await new_messages(bot, "carol", seen)
+        assert len(got) == 1 and "Your contact Dan offers Design" in got[0]
+        # Follow-ups on two workers: each side asked once.
+        n = nudge_id(got[0])
+        await say(bot, "carol", f"nudge {n} yes")
+        for who in ("alice", "dan"):
+            await say(bot, who, f"accept {step_id((await queued(bot, who))[-1])}")
+        for who in ("alice", "dan"):
+            await new_messages(bot, who, seen)
+        later = T0 + timedelta(days=7, minutes=1)
+        await asyncio.gather(run(bot, "follow-ups", later), run(bot, "follow-ups", later))
+        assert len(await new_messages(bot, "alice", seen)) == 1 and len(await new_messages(bot, "dan", seen)) == 1
