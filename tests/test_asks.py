@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session
 
 from bot.clock import FixedClock
 from scheduler.jobs import JOBS, JobDeps
-from storage import asks, exports, followups
+from storage import asks, exports, followups, outbox
 from tests.botkit import RunningBot, event, make_config, queued, running_bot, say
 from tests.test_intros import connect, connected, ids, member, new_messages, step_id
 
@@ -249,10 +254,8 @@ async def test_deleting_a_member_removes_their_asks_nudges_and_follow_ups(db_url
         assert "Track record" not in await say(bot, "carol", "card")
 
 
-async def test_jobs_on_two_workers_and_after_a_crash_send_nothing_twice(db_url: str) -> None:
-    import asyncio
-
-    from handlers import asks as ask_handlers
+async def test_jobs_on_two_workers_and_after_a_crash_send_nothing_twice(
+        db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
     async with running_bot(make_config(db_url), clock=FixedClock(T0)) as bot:
         seen = await triangle(bot)
@@ -264,24 +267,20 @@ async def test_jobs_on_two_workers_and_after_a_crash_send_nothing_twice(db_url: 
         await say(bot, "alice", "ask tax law")
         await say(bot, "alice", "ask design")
         # A crash while the second ask is being nudged: the first stays done, the second rolls back.
-        real = ask_handlers.outbox.enqueue
+        real = outbox.enqueue
         calls = 0
 
-        def crashing(*args: object, **kwargs: object) -> bool:
+        def crashing(session: Session, **kwargs: Any) -> bool:
             nonlocal calls
             calls += 1
             if calls == 2:
                 raise RuntimeError("worker killed")
-            return real(*args, **kwargs)  # type: ignore[arg-type]
+            return real(session, **kwargs)
 
-        ask_handlers.outbox.enqueue = crashing  # type: ignore[assignment]
-        try:
-            try:
-                await run(bot, "referral-nudges", T0)
-            except RuntimeError:
-                pass
-        finally:
-            ask_handlers.outbox.enqueue = real  # type: ignore[assignment]
+        monkeypatch.setattr(outbox, "enqueue", crashing)
+        with pytest.raises(RuntimeError):
+            await run(bot, "referral-nudges", T0)
+        monkeypatch.undo()
         assert len(await new_messages(bot, "carol", seen)) == 1
         # Two workers at once finish the rest, once.
         results = await asyncio.gather(run(bot, "referral-nudges", T0), run(bot, "referral-nudges", T0))
