@@ -62,7 +62,8 @@ def build_services(
     clock = clock or SystemClock()
     db = Database(config.storage.url)
     api = WeChatAPI.from_config(config.wechat, db=db, clock=clock) if config.wechat.api_configured else None
-    sender = OutboxSender(db=db, api=api, clock=clock)
+    sender = OutboxSender(db=db, api=api, clock=clock,
+                          notice_template_id=config.wechat_templates.notice)
     dispatcher = Dispatcher(db=db, clock=clock, on_outbox=sender.wake, handler=handler or core.handle,
                             settings=handler_settings(config),
                             answer_deadline=answer_deadline,

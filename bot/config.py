@@ -67,6 +67,14 @@ class WeChatConfig:
 
 
 @dataclass(frozen=True)
+class TemplatesConfig:
+    """[wechat.templates]: template message ids approved in the Official Account's backend."""
+
+    # Tells a member outside the 48-hour window that messages wait; empty means they just wait.
+    notice: str = ""
+
+
+@dataclass(frozen=True)
 class SchedulerConfig:
     """[scheduler]: whether `serve` runs scheduled jobs, and the default time zone."""
 
@@ -96,6 +104,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     wechat: WeChatConfig = field(default_factory=WeChatConfig)
+    wechat_templates: TemplatesConfig = field(default_factory=TemplatesConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     invites: InvitesConfig = field(default_factory=InvitesConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
@@ -107,6 +116,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig,
     "storage": StorageConfig,
     "wechat": WeChatConfig,
+    "wechat.templates": TemplatesConfig,  # a sub-table of [wechat]
     "scheduler": SchedulerConfig,
     "invites": InvitesConfig,
     "privacy": PrivacyConfig,
@@ -160,9 +170,17 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         source = str(p)
 
     values: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    tables: list[tuple[str, Any]] = []
     for section, content in data.items():
-        if section not in _SECTIONS:
+        if section not in _SECTIONS or "." in section:
             raise ConfigError(f"unknown section [{section}] in {source}")
+        if not isinstance(content, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        content = dict(content)
+        for sub in [k for k in content if f"{section}.{k}" in _SECTIONS]:
+            tables.append((f"{section}.{sub}", content.pop(sub)))
+        tables.append((section, content))
+    for section, content in tables:
         if not isinstance(content, dict):
             raise ConfigError(f"[{section}] must be a table")
         types = _field_types(_SECTIONS[section])
@@ -176,6 +194,9 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             continue
         section, _, key = var[len(ENV_PREFIX):].partition("__")
         section, key = section.lower(), key.lower()
+        if "__" in key:  # a sub-table: YINJIAN_WECHAT__TEMPLATES__NOTICE
+            sub, _, key = key.partition("__")
+            section = f"{section}.{sub}"
         if section not in _SECTIONS:
             raise ConfigError(f"unknown section in environment variable {var}")
         types = _field_types(_SECTIONS[section])
@@ -187,6 +208,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         server=ServerConfig(**values["server"]),
         storage=StorageConfig(**values["storage"]),
         wechat=WeChatConfig(**values["wechat"]),
+        wechat_templates=TemplatesConfig(**values["wechat.templates"]),
         scheduler=SchedulerConfig(**values["scheduler"]),
         invites=InvitesConfig(**values["invites"]),
         privacy=PrivacyConfig(**values["privacy"]),

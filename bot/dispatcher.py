@@ -18,6 +18,7 @@ from typing import Callable, Optional
 from sqlalchemy.orm import Session
 
 from bot.clock import Clock
+from bot.outbox import with_away
 from handlers import core
 from handlers.context import Context, Settings
 from handlers.events import EventKind, InboundEvent
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 # commit that stores it still fits.
 ANSWER_DEADLINE = 4.5
 PASSIVE_CUTOFF = 4.0
+# How many held messages a passive reply carries at most ("while you were away…").
+AWAY_ITEMS = 3
 
 
 @dataclass
@@ -154,14 +157,24 @@ class Dispatcher:
             event=event.kind in {EventKind.SUBSCRIBE, EventKind.SCAN, EventKind.CLICK},
         )
         outcome.member_lang = member.lang or DEFAULT_LANG
+        away: list[outbox.HeldMessage] = []
+        released = 0
         if event.is_user_message:
-            outbox.release_held(session, member_id=member.id or 0, now=now)
+            # "While you were away…": the most important held messages ride on the passive reply
+            # (which costs no budget); all are released, and the rest follow within the new one.
+            away = outbox.held_for_away(session, member_id=member.id or 0, limit=AWAY_ITEMS)
+            released = outbox.release_held(session, member_id=member.id or 0, now=now)
         ctx = Context(event=event, member=member, session=session, now=now,
                       settings=self.settings, push_key=event.dedupe_key)
         reply = self.handler(ctx)
         late = deadline and (delivery.answered_elsewhere or delivery.elapsed() > self.passive_cutoff)
         if late and member.status == MemberStatus.ERASED:
             late = False  # the member erased themselves; a late reply has nobody to reach
+        if away and not late and member.status == MemberStatus.ACTIVE:
+            reply, taken = with_away(reply, [(h.priority, h.reply) for h in away],
+                                     member.lang or DEFAULT_LANG, more=released - len(away))
+            # Delivered with this answer, in this transaction: never sent again by the outbox.
+            outbox.mark_passive(session, outbox_ids=[h.id for h in away[:taken]], now=now)
         if late:
             outbox.enqueue(session, member_id=member.id or 0, reply=reply, now=now,
                            priority=outbox.PRIORITY_REPLY)

@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session
 
 from bot.clock import Clock, SystemClock
 from bot.wechat_api import QR_MAX_EXPIRE_SECONDS, ErrorKind, WeChatAPI, WeChatAPIError
-from handlers.replies import Reply, as_plain_text, reply_from_json
-from storage import outbox
+from handlers.replies import ChoicesReply, Reply, TextReply, as_plain_text, reply_from_json
+from handlers.texts import DEFAULT_LANG, text
+from storage import budget, outbox
 from storage.db import Database
 from storage.models import MemberStatus, OutboxStatus
 
@@ -41,6 +42,14 @@ class Outcome:
     UNDELIVERABLE = "undeliverable"
     FAILED = "failed"
     LOGGED = "logged"  # no WeChat API configured: written to the log instead
+    MERGED = "merged"  # went out inside another row's message (one send, counted once)
+    PASSIVE = "passive"  # went out inside a passive reply ("while you were away")
+
+
+# Merged customer-service text stays under WeChat's text limit (2048 bytes) with room to spare.
+MAX_MERGED_BYTES = 1800
+# How often the sender looks for members outside their window who should get a template notice.
+NOTICE_CHECK_INTERVAL = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,7 @@ class _Template:
     template_id: str
     data: dict[str, Any]
     url: str | None
+    client_msg_id: str | None = None  # a notice's own key (one per member and day)
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,8 @@ def _decode(row: outbox.ClaimedMessage) -> _Message:
     """The message a row carries; ValueError/KeyError/TypeError when the payload is unreadable."""
     if row.kind == outbox.KIND_TEMPLATE:
         data = json.loads(row.payload)
-        return _Template(template_id=data["template_id"], data=dict(data["data"]), url=data.get("url"))
+        return _Template(template_id=data["template_id"], data=dict(data["data"]), url=data.get("url"),
+                         client_msg_id=data.get("client_msg_id"))
     if row.kind == outbox.KIND_QR_INVITE:
         data = json.loads(row.payload)
         return _QRInvite(scene=str(data["scene"]), expire_seconds=int(data["expire_seconds"]),
@@ -84,6 +95,92 @@ def _with_link(text: str, url: str) -> str:
     return text.replace("{url}", url) if "{url}" in text else f"{text}\n{url}"
 
 
+def priority_class(priority: int) -> str:
+    """The name of a priority band: reply, decision, follow_up, digest or nudge."""
+    if priority < outbox.PRIORITY_DECISION:
+        return "reply"
+    if priority < outbox.PRIORITY_FOLLOW_UP:
+        return "decision"
+    if priority < outbox.PRIORITY_DIGEST:
+        return "follow_up"
+    if priority < outbox.PRIORITY_NUDGE:
+        return "digest"
+    return "nudge"
+
+
+def merge_replies(items: list[tuple[int, Reply]], lang: str) -> Reply:
+    """Several queued replies (in priority order) as one, under short headings.
+
+    The first item with choices keeps them as taps; every other item's commands stay visible
+    in the text, so any of them can still be typed.
+    """
+    lead = next((i for i, (_, r) in enumerate(items)
+                 if isinstance(r, ChoicesReply) and r.choices), None)
+    blocks: list[str] = []
+    band = None
+    for i, (priority, reply) in enumerate(items):
+        heading = ""
+        if priority_class(priority) != band:
+            band = priority_class(priority)
+            heading = text(lang, "budget_heading", title=text(lang, f"budget_title_{band}")) + "\n"
+        body = reply.text if i == lead and isinstance(reply, ChoicesReply) else as_plain_text(reply)
+        blocks.append(heading + body)
+    if lead is None:
+        return TextReply("\n\n".join(blocks))
+    top = items[lead][1]
+    assert isinstance(top, ChoicesReply)
+    after = ([top.footer] if top.footer else []) + blocks[lead + 1:]
+    return ChoicesReply(text="\n\n".join(blocks[:lead + 1]), choices=top.choices,
+                        footer="\n\n".join(after))
+
+
+def _size(reply: Reply) -> int:
+    return len(as_plain_text(reply).encode("utf-8"))
+
+
+def with_away(reply: Reply, away: list[tuple[int, Reply]], lang: str, *, more: int = 0,
+              max_bytes: int = 2000) -> tuple[Reply, int]:
+    """The passive reply plus "while you were away…" with as many items as fit; (reply, count).
+
+    The answer keeps its own choices; the away items are text with their commands visible.
+    """
+    taken: list[tuple[int, Reply]] = []
+    section = ""
+    for item in away:
+        merged = merge_replies([(p, TextReply(as_plain_text(r))) for p, r in taken + [item]], lang)
+        left = len(away) - len(taken) - 1 + more
+        candidate = text(lang, "away_header") + "\n" + as_plain_text(merged)
+        if left:
+            candidate += "\n\n" + text(lang, "budget_away_more", n=left)
+        if _size(reply) + len(candidate.encode("utf-8")) + 2 > max_bytes:
+            break
+        taken.append(item)
+        section = candidate
+    if not taken:
+        return reply, 0
+    if isinstance(reply, ChoicesReply):
+        footer = "\n\n".join(part for part in (reply.footer, section) if part)
+        return ChoicesReply(text=reply.text, choices=reply.choices, footer=footer), len(taken)
+    if isinstance(reply, TextReply):
+        return TextReply(f"{reply.text}\n\n{section}"), len(taken)
+    return TextReply(section), len(taken)
+
+
+def notice_text(lang: str, held_by_priority: dict[int, int], *, max_chars: int = 20) -> str:
+    """The template notice: what is waiting, by kind, short enough for a template field."""
+    counts: dict[str, int] = {}
+    for priority in sorted(held_by_priority):
+        band = priority_class(priority)
+        counts[band] = counts.get(band, 0) + held_by_priority[priority]
+    items = [text(lang, f"budget_count_{band}_1" if n == 1 else f"budget_count_{band}", n=n)
+             for band, n in counts.items()]
+    sep = "、" if lang == "zh" else ", "
+    full = text(lang, "budget_notice", items=sep.join(items))
+    if len(full) <= max_chars:
+        return full
+    return text(lang, "budget_notice_short", n=sum(counts.values()))
+
+
 class OutboxSender:
     """Sends due outbox rows through the WeChat API (or, without one, to the log)."""
 
@@ -100,6 +197,7 @@ class OutboxSender:
         backoff_cap: timedelta = timedelta(hours=1),
         poll_interval: float = 1.0,
         rng: random.Random | None = None,
+        notice_template_id: str = "",
     ) -> None:
         self._db = db
         self._api = api
@@ -112,6 +210,9 @@ class OutboxSender:
         self._poll_interval = poll_interval
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
+        # [wechat.templates] notice: tells a member outside their window that messages wait.
+        self._notice_template_id = notice_template_id
+        self._next_notice_check: datetime | None = None
 
     def wake(self) -> None:
         """Look for due rows now rather than at the next poll (a message was just queued)."""
@@ -124,7 +225,7 @@ class OutboxSender:
         return ceiling * self._rng.uniform(0.5, 1.0)
 
     async def send_due(self) -> int:
-        """One pass: claim due rows and send them; the number of rows processed."""
+        """One pass: claim due rows and send them within each member's budget; rows processed."""
         now = self._clock.now()
         claimed = await self._db.run(
             outbox.claim_due, now=now, lease_until=now + self._lease, limit=self._batch_size,
@@ -133,13 +234,22 @@ class OutboxSender:
         by_member: dict[int, list[outbox.ClaimedMessage]] = defaultdict(list)
         for row in claimed:
             by_member[row.member_id].append(row)
+        budgets: dict[int, budget.Budget] = {}
+        if self._api is not None and by_member:
+            budgets = await self._db.run(budget.budgets, member_ids=list(by_member))
         # Members in parallel; each member's rows in priority order, so they arrive in that order.
-        results = await asyncio.gather(*(self._send_member(rows) for rows in by_member.values()),
-                                       return_exceptions=True)
-        for result in results:
+        results = await asyncio.gather(
+            *(self._send_member(rows, budgets.get(member_id), now)
+              for member_id, rows in by_member.items()),
+            return_exceptions=True)
+        closed: list[int] = []
+        for member_id, result in zip(by_member, results):
             if isinstance(result, BaseException):
                 # The rows stay leased and are retried when the lease runs out.
                 log.error("outbox: sending failed unexpectedly", exc_info=result)
+            elif result:
+                closed.append(member_id)
+        await self._queue_notices(now, closed)
         return len(claimed)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -169,8 +279,118 @@ class OutboxSender:
                 waiter.cancel()
             await asyncio.gather(*waiters, return_exceptions=True)
 
-    async def _send_member(self, rows: list[outbox.ClaimedMessage]) -> None:
-        """Send one member's rows in order; once their window is known closed, hold the rest."""
+    async def _send_member(
+        self, rows: list[outbox.ClaimedMessage], allowed: budget.Budget | None, now: datetime
+    ) -> bool:
+        """Send one member's rows by priority within their budget; merge or hold what is over.
+
+        True when rows were held because the member's window is closed (a notice may be due).
+        """
+        if self._api is None or allowed is None or rows[0].member_status == MemberStatus.DEACTIVATED:
+            await self._send_each(rows)
+            return False
+        # Template messages are not bound to the window or its budget.
+        await self._send_each([r for r in rows if r.kind == outbox.KIND_TEMPLATE])
+        decoded: list[tuple[outbox.ClaimedMessage, _Message]] = []
+        for row in rows:
+            if row.kind == outbox.KIND_TEMPLATE:
+                continue
+            try:
+                decoded.append((row, _decode(row)))
+            except (ValueError, KeyError, TypeError):
+                await self._finish(row, Outcome.FAILED, OutboxStatus.FAILED,
+                                   errmsg="unreadable payload")
+        if not decoded:
+            return False
+        lang = allowed.lang or DEFAULT_LANG
+        groups, over = self._plan(decoded, allowed.allowance(now), lang)
+        closed_errcode: int | None = None
+        held = [row.id for row, _ in over]
+        for group in groups:
+            # The same answer awaits the member's other customer-service messages, and asking
+            # again only spends the API quota.
+            if closed_errcode is not None:
+                held += [row.id for row, _ in group]
+                continue
+            if len(group) == 1:
+                hold_errcode = await self._send_decoded(*group[0])
+            else:
+                hold_errcode = await self._send_merged(group, lang)
+            if hold_errcode is not None:
+                closed_errcode = hold_errcode
+        if held:
+            log.info("outbox: %d message(s) for member %s held for the member's next message",
+                     len(held), rows[0].member_id)
+            await self._db.run(outbox.hold_unless_written, outbox_ids=held,
+                               member_id=rows[0].member_id,
+                               seen_message_at=allowed.last_message_at, errcode=closed_errcode)
+        window_closed = not allowed.window_open(now) or closed_errcode == budget.ERRCODE_WINDOW_CLOSED
+        return bool(held) and window_closed
+
+    def _plan(
+        self, decoded: list[tuple[outbox.ClaimedMessage, _Message]], allowance: int, lang: str
+    ) -> tuple[list[list[tuple[outbox.ClaimedMessage, _Message]]],
+               list[tuple[outbox.ClaimedMessage, _Message]]]:
+        """Which messages go (each a group sent as one message) and which are over budget.
+
+        Within budget every row goes on its own. Over budget, the most important rows keep a
+        message each and the rest are merged into the last one the budget allows (as many as
+        fit under WeChat's text limit); whatever is left waits.
+        """
+        if len(decoded) <= allowance:
+            return [[item] for item in decoded], []
+        if allowance <= 0:
+            return [], list(decoded)
+        groups = [[item] for item in decoded[:allowance - 1]]
+        rest = decoded[allowance - 1:]
+        current: list[tuple[outbox.ClaimedMessage, _Message]] = []
+        for item in rest:
+            if isinstance(item[1], (_QRInvite, _Template)):
+                groups.append([item])  # needs its own API calls: never merged
+                continue
+            trial = current + [item]
+            if current and _size(merge_replies(
+                    [(r.priority, m) for r, m in trial if isinstance(m, (TextReply, ChoicesReply))],
+                    lang)) > MAX_MERGED_BYTES:
+                groups.append(current)
+                trial = [item]
+            current = trial
+        if current:
+            groups.append(current)
+        over = [item for group in groups[allowance:] for item in group]
+        return groups[:allowance], over
+
+    async def _send_merged(
+        self, group: list[tuple[outbox.ClaimedMessage, _Message]], lang: str
+    ) -> int | None:
+        """Send several rows as one message; all are recorded together. Errcode when held."""
+        assert self._api is not None
+        carrier = group[0][0]
+        merged = merge_replies([(row.priority, message) for row, message in group
+                                if isinstance(message, (TextReply, ChoicesReply))], lang)
+        try:
+            await self._api.send_reply(carrier.openid, merged)
+        except WeChatAPIError as exc:
+            hold_errcode = await self._failed(carrier, exc)
+            others = [row for row, _ in group[1:]]
+            if hold_errcode is not None:
+                await self._db.run(outbox.hold_claimed, outbox_ids=[r.id for r in others],
+                                   errcode=hold_errcode)
+            elif exc.kind in (ErrorKind.RETRY, ErrorKind.TOKEN):
+                for row in others:
+                    await self._retry_later(row, exc)
+            else:
+                for row in others:
+                    await self._failed(row, exc)
+            return hold_errcode
+        log.info("outbox %s sent to member %s with %d merged into it",
+                 carrier.id, carrier.member_id, len(group) - 1)
+        await self._db.run(outbox.finish_merged, carrier_id=carrier.id,
+                           merged_ids=[row.id for row, _ in group[1:]], now=self._clock.now())
+        return None
+
+    async def _send_each(self, rows: list[outbox.ClaimedMessage]) -> None:
+        """Send rows one by one; once the member's window is known closed, hold the rest."""
         closed_errcode: int | None = None
         held: list[int] = []
         for row in rows:
@@ -185,6 +405,38 @@ class OutboxSender:
         if held:
             await self._db.run(outbox.hold_claimed, outbox_ids=held, errcode=closed_errcode)
 
+    async def _queue_notices(self, now: datetime, closed: list[int]) -> None:
+        """Queue today's template notice for members outside their window with held messages.
+
+        Checked for the members just held, and for everyone every few minutes (windows close
+        while rows wait).
+        """
+        if not self._notice_template_id or self._api is None:
+            return
+        member_ids: list[int] | None = closed
+        if self._next_notice_check is None or now >= self._next_notice_check:
+            member_ids = None
+            self._next_notice_check = now + NOTICE_CHECK_INTERVAL
+        elif not closed:
+            return
+        queued = await self._db.run(self._notices_in_transaction, now=now, member_ids=member_ids)
+        if queued:
+            log.info("outbox: queued %d template notice(s) for members outside their window", queued)
+            self.wake()
+
+    def _notices_in_transaction(
+        self, session: Session, *, now: datetime, member_ids: list[int] | None
+    ) -> int:
+        queued = 0
+        for due in budget.notices_due(session, now=now, member_ids=member_ids,
+                                      exclude_platforms=(TERMINAL_PLATFORM,)):
+            summary = notice_text(due.lang or DEFAULT_LANG, dict(due.held_by_priority))
+            if outbox.enqueue_notice(session, member_id=due.member_id,
+                                     template_id=self._notice_template_id,
+                                     data={"thing1": {"value": summary}}, now=now):
+                queued += 1
+        return queued
+
     async def _send_row(self, row: outbox.ClaimedMessage) -> int | None:
         """Try one row and record the attempt; the errcode when the row was held, else None."""
         if row.member_status == MemberStatus.DEACTIVATED:
@@ -197,6 +449,10 @@ class OutboxSender:
         except (ValueError, KeyError, TypeError):
             await self._finish(row, Outcome.FAILED, OutboxStatus.FAILED, errmsg="unreadable payload")
             return None
+        return await self._send_decoded(row, message)
+
+    async def _send_decoded(self, row: outbox.ClaimedMessage, message: _Message) -> int | None:
+        """Send one decoded row and record the attempt; the errcode when held, else None."""
         if self._api is None:
             log.info("outbox %s for member %s: no WeChat API configured, logged instead of sent",
                      row.id, row.member_id)
@@ -218,7 +474,8 @@ class OutboxSender:
             # The row id as client_msg_id: if we die after sending but before recording it,
             # WeChat drops the repeat (within its 10-minute idempotency window).
             await api.send_template(row.openid, template_id=message.template_id, data=message.data,
-                                    url=message.url, client_msg_id=f"yinjian-outbox-{row.id}")
+                                    url=message.url,
+                                    client_msg_id=message.client_msg_id or f"yinjian-outbox-{row.id}")
         elif isinstance(message, _QRInvite):
             qr = await api.create_qrcode(
                 message.scene, expire_seconds=min(message.expire_seconds, QR_MAX_EXPIRE_SECONDS)

@@ -11,7 +11,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from handlers.replies import ChoicesReply, NoReply, Reply, reply_to_json
+from handlers.replies import ChoicesReply, NoReply, Reply, reply_from_json, reply_to_json
+from storage.budget import last_message_at, notice_key, notice_payload
 from storage.models import Member, OutboxAttempt, OutboxMessage, OutboxStatus
 from storage.sql import RawStatement, dialect, insert_ignore, to_db
 
@@ -98,6 +99,7 @@ class ClaimedMessage:
     member_status: str
     kind: str
     payload: str
+    priority: int = PRIORITY_DECISION
 
 
 def enqueue_template(
@@ -159,7 +161,7 @@ def claim_due(
     )
     stmt = (
         sa.select(_outbox.c.id, _outbox.c.member_id, _member.c.openid, _member.c.status,
-                  _outbox.c.kind, _outbox.c.payload)
+                  _outbox.c.kind, _outbox.c.payload, _outbox.c.priority)
         .join(_member, _member.c.id == _outbox.c.member_id)
         .where(due)
         .order_by(_outbox.c.priority, _outbox.c.id)
@@ -178,7 +180,7 @@ def claim_due(
         .values(status=OutboxStatus.SENDING, lease_until=lease_until)
     )
     return [ClaimedMessage(id=r.id, member_id=r.member_id, openid=r.openid, member_status=r.status,
-                           kind=r.kind, payload=r.payload) for r in rows]
+                           kind=r.kind, payload=r.payload, priority=r.priority) for r in rows]
 
 
 def count_attempts(session: Session, *, outbox_id: int, outcome: str) -> int:
@@ -232,4 +234,104 @@ def hold_claimed(
         sa.update(_outbox)
         .where(_outbox.c.id.in_(list(outbox_ids)), _outbox.c.status == OutboxStatus.SENDING)
         .values(status=OutboxStatus.HELD, lease_until=None, last_errcode=errcode)
+    )
+
+
+def enqueue_notice(
+    session: Session, *, member_id: int, template_id: str, data: dict[str, Any], now: datetime
+) -> bool:
+    """Queue today's template notice for a member outside their window; False if already queued.
+
+    Its dedupe key is also its client_msg_id, so neither we nor WeChat send it twice in a day.
+    """
+    key = notice_key(member_id, now)
+    return _queue(session, member_id=member_id, kind=KIND_TEMPLATE,
+                  payload=notice_payload(template_id, data, key), now=now,
+                  priority=PRIORITY_REPLY, dedupe_key=key)
+
+
+def finish_merged(
+    session: Session, *, carrier_id: int, merged_ids: Collection[int], now: datetime
+) -> None:
+    """Several rows went out as ONE message: the carrier's attempt is the send, the others
+    record that they were merged into it; all are sent together, in one transaction."""
+    finish_attempt(session, outbox_id=carrier_id, now=now, outcome="sent",
+                   status=OutboxStatus.SENT, errcode=0)
+    for outbox_id in merged_ids:
+        finish_attempt(session, outbox_id=outbox_id, now=now, outcome="merged",
+                       status=OutboxStatus.SENT, errcode=0,
+                       errmsg=f"merged into the message of outbox {carrier_id}")
+
+
+def hold_unless_written(
+    session: Session, *, outbox_ids: Collection[int], member_id: int,
+    seen_message_at: datetime | None, errcode: int | None,
+) -> bool:
+    """Hold leased rows, unless the member wrote since we judged their window (then they are due).
+
+    True when held. The member's row is locked first, so their next push either sees these rows
+    held (and releases them) or has already moved last_message_at, which we see here.
+    """
+    if not outbox_ids:
+        return False
+    current = last_message_at(session, member_id=member_id, lock=True)
+    wrote = current is not None and (seen_message_at is None or current > seen_message_at)
+    values: dict[str, Any] = {"lease_until": None, "last_errcode": errcode}
+    values["status"] = OutboxStatus.PENDING if wrote else OutboxStatus.HELD
+    session.execute(
+        sa.update(_outbox)
+        .where(_outbox.c.id.in_(list(outbox_ids)), _outbox.c.status == OutboxStatus.SENDING)
+        .values(**values)
+    )
+    return not wrote
+
+
+@dataclass(frozen=True)
+class HeldMessage:
+    """A held row that can ride on a passive reply."""
+
+    id: int
+    priority: int
+    reply: Reply
+
+
+def held_for_away(session: Session, *, member_id: int, limit: int) -> list[HeldMessage]:
+    """The member's most important held text/choices rows (priority, then age)."""
+    stmt = (
+        sa.select(_outbox.c.id, _outbox.c.priority, _outbox.c.payload)
+        .where(_outbox.c.member_id == member_id, _outbox.c.status == OutboxStatus.HELD,
+               _outbox.c.kind.in_(["text", "choices"]))
+        .order_by(_outbox.c.priority, _outbox.c.id)
+        .limit(limit)
+    )
+    found = []
+    for r in session.execute(stmt).all():
+        try:
+            found.append(HeldMessage(id=r.id, priority=r.priority, reply=reply_from_json(r.payload)))
+        except (ValueError, KeyError, TypeError):
+            continue  # the sender records an unreadable row as failed
+    return found
+
+
+def mark_passive(session: Session, *, outbox_ids: Collection[int], now: datetime) -> None:
+    """These rows went out inside a passive reply: sent, with one `passive` attempt each.
+
+    Called in the push's own transaction after release_held made them pending; a row the
+    handler removed (erasure) is skipped.
+    """
+    ids = list(outbox_ids)
+    if not ids:
+        return
+    present = [r[0] for r in session.execute(
+        sa.select(_outbox.c.id).where(_outbox.c.id.in_(ids),
+                                      _outbox.c.status == OutboxStatus.PENDING)).all()]
+    if not present:
+        return
+    session.execute(sa.insert(_attempt), [
+        {"outbox_id": i, "attempted_at": now, "errcode": None, "errmsg": "in the passive reply",
+         "outcome": "passive"} for i in present])
+    session.execute(
+        sa.update(_outbox).where(_outbox.c.id.in_(present))
+        .values(status=OutboxStatus.SENT, sent_at=now, lease_until=None,
+                attempts=_outbox.c.attempts + 1)
     )

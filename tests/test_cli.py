@@ -84,7 +84,8 @@ def test_example_config_documents_and_loads_every_key() -> None:
     text = (root / "config.example.toml").read_text(encoding="utf-8")
     from dataclasses import fields
 
-    for section in ("server", "storage", "wechat", "scheduler", "invites", "privacy"):
+    for section in ("server", "storage", "wechat", "wechat_templates", "scheduler", "invites",
+                    "privacy"):
         for f in fields(getattr(cfg, section)):
             assert re.search(rf"^{f.name} = ", text, re.M), f"{section}.{f.name} is not documented"
 

@@ -277,7 +277,9 @@ async def test_closed_window_holds_until_the_member_writes(
     assert attempts(db) == [(1, errcode, "held")]
     clock.advance(days=3)
     assert await sender.send_due() == 0
-    with db.session() as s:
+    with db.session() as s:  # the member writes again, as the dispatcher records it
+        members.touch(s, platform="oa", openid="o-alice", now=clock.now(),
+                      user_message=True, event=False)
         assert outbox.release_held(s, member_id=alice, now=clock.now()) == 2
     assert await sender.send_due() == 2
     assert [b["text"]["content"] for b in fake_api.delivered()] == ["first", "second"]

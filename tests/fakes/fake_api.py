@@ -12,6 +12,7 @@ import json
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -21,6 +22,12 @@ TOKEN_PATH = "/cgi-bin/token"
 CUSTOM_SEND_PATH = "/cgi-bin/message/custom/send"
 TEMPLATE_SEND_PATH = "/cgi-bin/message/template/send"
 QRCODE_CREATE_PATH = "/cgi-bin/qrcode/create"
+
+# WeChat's customer-service rules (WECHAT.md §4), enforced once a test calls `enforce_budget`.
+WINDOW = timedelta(hours=48)
+WINDOW_MESSAGES = 5
+EVENT_WINDOW = timedelta(minutes=1)
+EVENT_MESSAGES = 3
 
 APP_ID = "wxfakeappid0000001"
 APP_SECRET = "fake-secret-0123456789abcdef"
@@ -70,6 +77,11 @@ class FakeWeChatAPI:
     _release_hangs: asyncio.Event = field(default_factory=asyncio.Event)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
+    # The 48-hour window and budgets, when enforced: WeChat's own view of each member.
+    _now: Callable[[], datetime] | None = None
+    _wrote_at: dict[str, datetime] = field(default_factory=dict)
+    _event_at: dict[str, datetime] = field(default_factory=dict)
+    _sent_at: dict[str, list[datetime]] = field(default_factory=lambda: defaultdict(list))
 
     # -- scripting --------------------------------------------------------------------------
 
@@ -84,6 +96,21 @@ class FakeWeChatAPI:
     def hang(self, path: str, seconds: float = 5.0, *, times: int = 1) -> None:
         """Make the next `times` calls of `path` hang (longer than the client's timeout)."""
         self._script[path].extend(_Failure(hang_seconds=seconds) for _ in range(times))
+
+    def enforce_budget(self, now: Callable[[], datetime]) -> None:
+        """Answer customer-service sends as WeChat does: 45015 outside the window, 45047 over
+        budget. `now` is the test's clock; tell the fake when a member writes or subscribes."""
+        self._now = now
+
+    def writes(self, openid: str) -> None:
+        """The member sent a message now: a 48-hour window with 5 messages opens."""
+        assert self._now is not None, "enforce_budget first"
+        self._wrote_at[openid] = self._now()
+
+    def subscribes(self, openid: str) -> None:
+        """The member subscribed, scanned or clicked a menu now: 3 messages in the next minute."""
+        assert self._now is not None, "enforce_budget first"
+        self._event_at[openid] = self._now()
 
     def expire_tokens(self) -> None:
         """Every token issued so far now answers 42001, as after two hours."""
@@ -195,10 +222,36 @@ class FakeWeChatAPI:
         self._valid_tokens.add(token)
         return {"access_token": token, "expires_in": 7200}
 
+    def _window(self, openid: str) -> dict[str, Any] | None:
+        """WeChat's answer when the member's window or budget does not allow a message now."""
+        if self._now is None:
+            return None
+        now, sent = self._now(), self._sent_at[openid]
+        open_grants = 0
+        for since, span, limit in ((self._wrote_at.get(openid), WINDOW, WINDOW_MESSAGES),
+                                   (self._event_at.get(openid), EVENT_WINDOW, EVENT_MESSAGES)):
+            if since is None or now >= since + span:
+                continue
+            open_grants += 1
+            if sum(1 for at in sent if at >= since) < limit:
+                return None
+        if open_grants == 0:
+            return {"errcode": 45015, "errmsg": "response out of time limit or subscription is canceled"}
+        return {"errcode": 45047, "errmsg": "out of response count limit"}
+
     def _custom_send(self, call: Call) -> dict[str, Any]:
         b = call.body or {}
         if not b.get("touser"):
             return {"errcode": 40003, "errmsg": "invalid openid"}
+        refused = self._window(b["touser"])
+        if refused is not None:
+            return refused
+        answer = self._custom_answer(b)
+        if answer["errcode"] == 0 and self._now is not None:
+            self._sent_at[b["touser"]].append(self._now())
+        return answer
+
+    def _custom_answer(self, b: dict[str, Any]) -> dict[str, Any]:
         if b.get("msgtype") == "text" and isinstance(b.get("text"), dict) and b["text"].get("content"):
             return {"errcode": 0, "errmsg": "ok"}
         if b.get("msgtype") == "msgmenu" and isinstance(b.get("msgmenu"), dict):
