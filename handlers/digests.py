@@ -197,7 +197,10 @@ def render(d: _Digest, names: _Names) -> Reply:
         lines = [t("digest_help_line", name=names.get(me, m.ask.member_id, lang), text=m.ask.text) for m in d.help]
         parts += ["", t("digest_help_header", n=len(d.help))] + _lines(lang, lines)
     if d.follow_ups:
-        lines = [t("digest_follow_line", name=names.get(me, other, lang)) for _, other in d.follow_ups]
+        lines = [t("digest_follow_line", name=names.get(me, other, lang), yes=t("met_yes_command", id=fu.intro_id),
+                   notyet=t("met_notyet_command", id=fu.intro_id), no=t("met_no_command", id=fu.intro_id))
+                 if fu.status == follow_store.ASKED else t("digest_follow_soon", name=names.get(me, other, lang))
+                 for fu, other in d.follow_ups]
         parts += ["", t("digest_follow_header", n=len(d.follow_ups))] + _lines(lang, lines)
     if d.matches:
         lines = [t("digest_match_line", ask=m.ask.text, name=names.get(me, m.member_id, lang)) for m in d.matches]
@@ -255,7 +258,7 @@ def process_batch(
     pending = store.pending_steps(session, member_ids=ids)
     done = store.completed_intros(session, member_ids=ids, since=since, until=until)
     contacts = store.active_contacts(session, member_ids=ids)
-    contact_asks = store.contacts_open_asks(session, member_ids=ids, now=now)
+    contact_asks = store.contacts_open_asks(session, contacts=contacts, now=now)
     own_asks = store.own_open_asks(session, member_ids=ids, now=now)
     # Asks are matched as storage.asks matches them (its words, its fields), for the whole batch.
     candidates = {a for m in own_asks for a in contacts.get(m, set())}

@@ -41,6 +41,8 @@ class JobSpec:
 PUSH_KEY_RETENTION = timedelta(days=3)
 # Stored replies can quote cards; a retry comes within seconds, so an hour is plenty.
 REPLY_RETENTION = timedelta(hours=1)
+# A weekly digest's window is the 7 days before its Monday 09:00, in any time zone.
+DIGEST_LOOKBACK = timedelta(days=9)
 
 
 async def prune_pushes(deps: JobDeps, now: datetime) -> str:
@@ -107,6 +109,35 @@ async def follow_ups(deps: JobDeps, now: datetime) -> str:
     return f"sent {counts['asked']} follow-ups, cancelled {counts['cancelled']}"
 
 
+async def digests(deps: JobDeps, now: datetime, *, batch_size: int = 1000,
+                  crash_after: Callable[[int], bool] | None = None) -> str:
+    """Queue the digest of every member whose weekly or daily digest is due as of `now`.
+
+    Members go in batches, one transaction each, under the unique key digest:{member}:{period}:
+    a second run or worker finds the keys taken, and after a crash the next run does the rest.
+    `crash_after` is a test hook that simulates a crash inside a batch.
+    """
+    from handlers import digests as digest_handlers
+    from storage import digests as digest_store
+
+    # The connections made during any due member's window, read once for the whole run.
+    edges = await deps.db.run(digest_store.new_edges, since=now - DIGEST_LOOKBACK, until=now)
+    totals = {"queued": 0, "empty": 0, "done_before": 0}
+    after = 0
+    while True:
+        result = await deps.db.run(digest_handlers.process_batch, after_id=after, now=now,
+                                   default_tz=deps.config.scheduler.timezone, limit=batch_size,
+                                   edges=edges, crash_after=crash_after)
+        if result.last_id is None:
+            break
+        after = result.last_id
+        totals["queued"] += result.queued
+        totals["empty"] += result.empty
+        totals["done_before"] += result.done_before
+    return (f"queued {totals['queued']} digests, {totals['empty']} empty (not sent), "
+            f"{totals['done_before']} queued before")
+
+
 # Off the :00 and :30 marks, when everyone else's jobs run (WECHAT.md §8.3).
 JOBS: dict[str, JobSpec] = {
     spec.name: spec
@@ -121,5 +152,7 @@ JOBS: dict[str, JobSpec] = {
                 "nudge connectors when a contact's contact offers what an ask needs"),
         JobSpec("follow-ups", follow_ups, {"hour": "11", "minute": "13"},
                 "ask whether people met a week after their introduction"),
+        JobSpec("digests", digests, {"minute": "7,22,37,52"},
+                "queue each member's weekly or daily digest once it is 09:00 their time"),
     ]
 }

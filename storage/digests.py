@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -34,7 +34,6 @@ from storage.models import (
     MemberStatus,
     OutboxMessage,
 )
-from storage.sql import insert_ignore
 
 _member = Member.__table__  # type: ignore[attr-defined]
 _settings = MemberSettings.__table__  # type: ignore[attr-defined]
@@ -137,14 +136,6 @@ def existing_keys(session: Session, *, keys: list[str]) -> set[str]:
     return {str(k) for k in rows}
 
 
-def mark_empty(session: Session, *, member_id: int, key: str, now: datetime) -> bool:
-    """Record that this period's digest was empty, so it is not built again; False if keyed before."""
-    return insert_ignore(session, _outbox, {
-        "member_id": member_id, "kind": KIND_EMPTY, "payload": "{}", "priority": 100, "status": EMPTY,
-        "attempts": 0, "created_at": now, "next_attempt_at": now, "dedupe_key": key,
-    }, conflict=["dedupe_key"])
-
-
 # --- the contents of a batch, a few queries for all its members ---
 
 @dataclass(frozen=True)
@@ -173,18 +164,6 @@ class DoneIntro:
     broker_id: int | None
     path: list[int]
     finished_at: datetime
-
-
-@dataclass
-class BatchData:
-    """What the batch's digests are made of, keyed by member."""
-
-    pending: dict[int, list[PendingStep]] = field(default_factory=lambda: defaultdict(list))
-    done: dict[int, list[DoneIntro]] = field(default_factory=lambda: defaultdict(list))
-    contacts: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
-    with_contact_asks: set[int] = field(default_factory=set)
-    with_open_asks: set[int] = field(default_factory=set)
-    with_follow_ups: set[int] = field(default_factory=set)
 
 
 def pending_steps(session: Session, *, member_ids: list[int]) -> dict[int, list[PendingStep]]:
@@ -290,26 +269,6 @@ def new_edges(session: Session, *, since: datetime, until: datetime) -> dict[int
     return out
 
 
-def with_contact_asks(session: Session, *, member_ids: list[int], now: datetime) -> set[int]:
-    """Members among these with at least one contact who has an open ask (worth matching)."""
-    if not member_ids:
-        return set()
-    rows = session.execute(
-        sa.select(_conn.c.member_id).distinct().join(_ask, _ask.c.member_id == _conn.c.contact_id)
-        .where(_conn.c.member_id.in_(member_ids), _ask.c.status == "open", _ask.c.expires_at > now)
-    ).scalars()
-    return {int(x) for x in rows}
-
-
-def with_open_asks(session: Session, *, member_ids: list[int], now: datetime) -> set[int]:
-    """Members among these with an open ask of their own."""
-    if not member_ids:
-        return set()
-    rows = session.execute(sa.select(_ask.c.member_id).distinct().where(
-        _ask.c.member_id.in_(member_ids), _ask.c.status == "open", _ask.c.expires_at > now)).scalars()
-    return {int(x) for x in rows}
-
-
 def with_follow_ups(session: Session, *, member_ids: list[int], now: datetime) -> set[int]:
     """Members among these with a follow-up that is due and unanswered."""
     if not member_ids:
@@ -374,23 +333,18 @@ class AskRow:
     expires_at: datetime
 
 
-def contacts_open_asks(session: Session, *, member_ids: list[int], now: datetime) -> dict[int, list[AskRow]]:
-    """For each member, the open asks of their active contacts, oldest first."""
+def contacts_open_asks(session: Session, *, contacts: dict[int, set[int]], now: datetime) -> dict[int, list[AskRow]]:
+    """For each member, the open asks of their active contacts (as `active_contacts` gave them)."""
     out: dict[int, list[AskRow]] = defaultdict(list)
-    if not member_ids:
+    everyone = set().union(*contacts.values()) if contacts else set()
+    # The contacts' own asks, one indexed lookup; joining connections to asks made SQLite scan.
+    by_author = own_open_asks(session, member_ids=sorted(everyone), now=now)
+    if not by_author:
         return out
-    rows = session.execute(
-        sa.select(_conn.c.member_id, _ask.c.id, _ask.c.member_id, _ask.c.text, _ask.c.status,
-                  _ask.c.created_at, _ask.c.expires_at)
-        .join(_ask, _ask.c.member_id == _conn.c.contact_id)
-        .join(_member, _member.c.id == _conn.c.contact_id)
-        .where(_conn.c.member_id.in_(member_ids), _ask.c.status == "open", _ask.c.expires_at > now,
-               _member.c.status == MemberStatus.ACTIVE)
-        .order_by(_ask.c.id)
-    ).all()
-    for r in rows:
-        out[int(r[0])].append(AskRow(id=int(r[1]), member_id=int(r[2]), text=r[3], status=r[4],
-                                     created_at=r[5], expires_at=r[6]))
+    for member_id, mine in contacts.items():
+        found = [a for c in mine for a in by_author.get(c, ())]
+        if found:
+            out[member_id] = sorted(found, key=lambda a: a.id)
     return out
 
 

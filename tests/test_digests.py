@@ -3,6 +3,7 @@ empty digests, the `digest` command, and the job's idempotency across re-runs an
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from itertools import count
 
@@ -137,8 +138,9 @@ async def test_each_section_with_names_through_the_visibility_rule(db_url: str) 
         with bot.services.db.session() as s:
             asks.create(s, member_id=dan_id, text="looking for a lawyer", now=clock.now())
             # The follow-up of cat and dan's introduction, made due now.
-            s.execute(sa.update(FollowUp).where(FollowUp.member_id == cat_id)
+            s.execute(sa.update(FollowUp).where(FollowUp.member_id.in_([cat_id, dan_id]))
                       .values(due_at=MONDAY_0900_CST - timedelta(hours=1)))
+            s.execute(sa.update(FollowUp).where(FollowUp.member_id == cat_id).values(status="asked"))
         await run(bot, MONDAY_0900_CST + timedelta(minutes=7))
 
         [ann] = await digests_of(bot, "ann")
@@ -153,8 +155,10 @@ async def test_each_section_with_names_through_the_visibility_rule(db_url: str) 
         assert "Dan: “looking for a lawyer”" in bob
         [cat] = await digests_of(bot, "cat")
         assert "You and Dan are now connected" in cat
-        assert "Did you meet? (1)" in cat and "· Dan" in cat
+        assert "Did you meet? (1)" in cat
+        assert re.search(r"· Dan: met (\d+) yes / met \1 notyet / met \1 no", cat), cat
         [dan] = await digests_of(bot, "dan")
+        assert "Did you meet? (1)" in dan and "· Cat (I will ask you shortly)" in dan
         assert "Your contacts who match your asks (1)" in dan and "“looking for a lawyer”: Bob" in dan
         assert "You and Cat are now connected" in dan
         [eve] = await digests_of(bot, "eve")
