@@ -297,3 +297,40 @@ async def test_jobs_on_two_workers_and_after_a_crash_send_nothing_twice(
         later = T0 + timedelta(days=7, minutes=1)
         await asyncio.gather(run(bot, "follow-ups", later), run(bot, "follow-ups", later))
         assert len(await new_messages(bot, "alice", seen)) == 1 and len(await new_messages(bot, "dan", seen)) == 1
+
+
+async def test_follow_up_in_chinese_and_connector_hears_the_outcome(db_url: str) -> None:
+    async with running_bot(make_config(db_url), clock=FixedClock(T0)) as bot:
+        seen = await triangle(bot, zh=True)
+        await say(bot, "carol", "介绍 1 2")
+        for who in ("alice", "bob"):
+            await say(bot, who, f"接受 {step_id((await queued(bot, who))[-1])}")
+        for who in ("alice", "bob", "carol"):
+            await new_messages(bot, who, seen)
+        assert "sent 2 follow-ups" in await run(bot, "follow-ups", T0 + timedelta(days=7))
+        [fa] = await new_messages(bot, "alice", seen)
+        assert fa.startswith("一周前你经Carol介绍认识了Bob。你们见面了吗？")
+        intro = int(re.search(r"见面 (\d+) 是", fa).group(1))  # type: ignore[union-attr]
+        assert f"还没: 见面 {intro} 还没" in fa and f"没帮助: 见面 {intro} 没用" in fa
+        assert (await say(bot, "alice", f"见面 {intro}")).startswith("用法：见面 编号")
+        assert await say(bot, "carol", f"见面 {intro} 是") == f"没有关于引荐 {intro} 等你回复的问题。"
+        assert await say(bot, "alice", f"见面 {intro} 没用") == "谢谢告知。我会转告为你们引荐的人，不会透露更多细节。"
+        assert await say(bot, "bob", f"见面 {intro} 是") == "很高兴你和Alice见面了，我会告诉为你们引荐的人。"
+        assert await new_messages(bot, "carol", seen) == [
+            "Alice觉得这次和Bob的引荐没有帮助。仍然谢谢你的好意。", "Bob在你的引荐后和Alice见面了。谢谢你！"]
+        assert "引荐记录：促成引荐 1 次 · 之后见面 1 次" in await say(bot, "carol", "名片")
+
+
+async def test_paused_or_departed_askers_are_not_nudged_for(db_url: str) -> None:
+    async with running_bot(make_config(db_url), clock=FixedClock(T0)) as bot:
+        seen = await triangle(bot)
+        await say(bot, "bob", "set offers tax law")
+        await new_messages(bot, "bob", seen)
+        await say(bot, "alice", "ask tax law")
+        await say(bot, "alice", "pause 5")
+        assert "sent 0" in await run(bot, "referral-nudges", T0)
+        await event(bot, "alice", "unsubscribe")
+        assert "sent 0" in await run(bot, "referral-nudges", T0 + timedelta(days=6))
+        await event(bot, "alice", "subscribe")
+        assert "sent 1" in await run(bot, "referral-nudges", T0 + timedelta(days=6))
+        assert len(await new_messages(bot, "carol", seen)) == 1
