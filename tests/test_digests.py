@@ -3,6 +3,7 @@ empty digests, the `digest` command, and the job's idempotency across re-runs an
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 from itertools import count
@@ -13,10 +14,10 @@ import sqlalchemy as sa
 from bot.clock import FixedClock
 from handlers.digests import CrashForTest
 from scheduler.jobs import JOBS, JobDeps
-from storage import asks, privacy
+from storage import asks, exports, privacy
 from storage.digests import EMPTY, current_period, zone
 from storage.models import FollowUp, OutboxMessage
-from tests.botkit import RunningBot, make_config, queued, running_bot, say
+from tests.botkit import RunningBot, event, make_config, queued, running_bot, say
 from tests.test_intros import connect, ids, member, step_id
 
 # Monday 2 March 2026 (ISO week 10) at 09:00 in Asia/Shanghai is 01:00 UTC.
@@ -241,3 +242,26 @@ async def test_job_killed_mid_run_then_rerun_sends_each_digest_once(db_url: str,
         assert len(keys) == len(set(keys)) == 8  # hub and seven spokes, each once
         for who in spokes:
             assert len(await digests_of(bot, who)) == 1
+
+
+async def test_two_workers_at_once_deactivated_members_and_the_export(db_url: str) -> None:
+    clock = FixedClock(LAST_WEEK)
+    cfg = make_config(db_url)
+    async with running_bot(cfg, clock=clock) as bot:
+        spokes = await _network(bot, 5)
+        await event(bot, "m04", "unsubscribe")  # deactivated: no digest, and not named in others'
+        at = MONDAY_0900_CST + timedelta(minutes=7)
+        # Two workers at the same moment (on PostgreSQL they really overlap): one digest each.
+        await asyncio.gather(run(bot, at, batch_size=2), run(bot, at, batch_size=2))
+        keys = await rows(bot)
+        assert len(keys) == len(set(keys)) == 5  # hub and four active spokes
+        for who in spokes[:4]:
+            [digest] = await digests_of(bot, who)
+            assert "M04" not in digest
+        assert await digests_of(bot, "m04") == []
+        [m00] = await ids(bot, "m00")
+        await say(bot, "m00", "digest daily")
+        with bot.services.db.session() as s:
+            privacy.set_timezone(s, member_id=m00, timezone="Europe/Berlin")
+            settings = exports.collect(s, member_id=m00)["settings"]
+        assert settings["digest"] == "daily" and settings["timezone"] == "Europe/Berlin"
