@@ -343,3 +343,51 @@ def test_templates_sub_table_of_wechat(tmp_path: Path) -> None:
     bad.write_text('[wechat]\ntemplates = "T-1"\n')
     with pytest.raises(ConfigError, match=r"\[wechat\.templates\] must be a table"):
         load_config(bad, env={})
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_random_week_nothing_lost_nothing_twice_never_refused(
+    db: Database, make_sender: MakeSender, fake_api: FakeWeChatAPI, clock: FixedClock,  # noqa: F811
+    seed: int,
+) -> None:
+    import random
+
+    rng = random.Random(seed)
+    people = ["o-r1", "o-r2", "o-r3"]
+    ids = {p: add_member(db, fake_api, p) for p in people}
+    sender = make_sender(notice_template_id=TEMPLATE)
+    seen: dict[str, list[str]] = {p: [] for p in people}  # every text each member received
+    markers: dict[str, list[str]] = {p: [] for p in people}
+    priorities = [outbox.PRIORITY_REPLY, outbox.PRIORITY_DECISION, outbox.PRIORITY_FOLLOW_UP,
+                  outbox.PRIORITY_DIGEST, outbox.PRIORITY_NUDGE]
+    for step in range(120):
+        who = rng.choice(people)
+        roll = rng.random()
+        if roll < 0.5:
+            marker = f"item-{step}-x"
+            reply: Reply = TextReply(marker) if rng.random() < 0.5 else ChoicesReply(
+                text=marker, choices=(Choice("Yes", f"yes {step}"),))
+            queue(db, ids[who], reply, rng.choice(priorities), at=clock.now())
+            markers[who].append(marker)
+        elif roll < 0.75:
+            await sender.send_due()
+        elif roll < 0.85:
+            seen[who].append(as_plain_text(await member_writes(db, fake_api, clock, who, "help")))
+        else:
+            clock.advance(hours=rng.choice([1, 6, 30]))
+    # Everyone writes at the end; what is left goes out within the new budgets.
+    clock.advance(hours=1)
+    for _ in range(3):
+        for who in people:
+            seen[who].append(as_plain_text(await member_writes(db, fake_api, clock, who, "help")))
+            while await sender.send_due():
+                pass
+    # WeChat never had to refuse: our own count kept to its rules.
+    assert {c.errcode for c in fake_api.calls_to(CUSTOM_SEND_PATH)} <= {0}
+    for who in people:
+        received = seen[who] + [texts(b) for b in fake_api.delivered_to(who)]
+        seen_once(received, markers[who])
+    assert {r.status for r in rows(db) if r.kind != "template"} <= {OutboxStatus.SENT}
+    # At most one notice per member and day.
+    keys = [c.body["client_msg_id"] for c in fake_api.calls_to(TEMPLATE_SEND_PATH)]
+    assert len(keys) == len(set(keys))
