@@ -334,3 +334,16 @@ async def test_paused_or_departed_askers_are_not_nudged_for(db_url: str) -> None
         await event(bot, "alice", "subscribe")
         assert "sent 1" in await run(bot, "referral-nudges", T0 + timedelta(days=6))
         assert len(await new_messages(bot, "carol", seen)) == 1
+
+
+async def test_a_hidden_field_still_matches_but_is_never_quoted(db_url: str) -> None:
+    async with running_bot(make_config(db_url), clock=FixedClock(T0)) as bot:
+        seen = await triangle(bot)
+        await say(bot, "bob", "set offers secret tax schemes")
+        await say(bot, "bob", "privacy offers hidden")
+        await new_messages(bot, "bob", seen)
+        await say(bot, "alice", "ask tax")
+        assert "sent 1" in await run(bot, "referral-nudges", T0)
+        [nudge] = await new_messages(bot, "carol", seen)
+        assert nudge.startswith("Alice is looking for: “tax”\nYour contact Bob may be able to help — introduce them?")
+        assert "secret" not in nudge
