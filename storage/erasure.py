@@ -28,6 +28,7 @@ from storage.models import (
     MemberStatus,
     OutboxAttempt,
     OutboxMessage,
+    OutboxStatus,
 )
 
 
@@ -45,6 +46,7 @@ def erase_member(session: Session, *, member: MemberRecord, keep_push_key: Optio
     followups.erase_member(session, member_id=mid)
     # Their introductions go whole, with the messages about them still queued for others.
     intro_store.erase_member(session, member_id=mid)
+    _forget_unsent_digests_around(session, member_id=mid)
     outbox_ids = sa.select(col(OutboxMessage.id)).where(col(OutboxMessage.member_id) == mid)
     session.execute(sa.delete(OutboxAttempt).where(col(OutboxAttempt.outbox_id).in_(outbox_ids)))
     search.forget_member(session, member_id=mid)
@@ -70,6 +72,26 @@ def erase_member(session: Session, *, member: MemberRecord, keep_push_key: Optio
     pushes.forget_replies(session, except_key=keep_push_key)
     session.execute(sa.delete(Member).where(col(Member.id) == mid))
     member.status = MemberStatus.ERASED
+
+
+def _forget_unsent_digests_around(session: Session, *, member_id: int) -> None:
+    """Unsent digests of members up to two hops away may name this member: drop them.
+
+    Their dedupe keys go with them, so the next `digests` run builds those digests again,
+    without the erased member.
+    """
+    first = sa.select(col(Connection.contact_id)).where(col(Connection.member_id) == member_id)
+    second = sa.select(col(Connection.contact_id)).where(col(Connection.member_id).in_(first))
+    unsent = (
+        sa.select(col(OutboxMessage.id))
+        .where(col(OutboxMessage.dedupe_key).like("digest:%"),
+               col(OutboxMessage.status).in_([OutboxStatus.PENDING, OutboxStatus.HELD]),
+               sa.or_(col(OutboxMessage.member_id).in_(first), col(OutboxMessage.member_id).in_(second)))
+    )
+    ids = list(session.execute(unsent).scalars())
+    if ids:
+        session.execute(sa.delete(OutboxAttempt).where(col(OutboxAttempt.outbox_id).in_(ids)))
+        session.execute(sa.delete(OutboxMessage).where(col(OutboxMessage.id).in_(ids)))
 
 
 def deactivated_before(session: Session, *, cutoff: datetime, limit: int = 500) -> list[MemberRecord]:

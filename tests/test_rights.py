@@ -12,6 +12,7 @@ from sqlmodel import SQLModel
 from bot.clock import FixedClock
 from scheduler.jobs import JOBS, JobDeps
 from storage.db import Database
+from storage.models import OutboxMessage
 from tests.botkit import RunningBot, event, make_config, running_bot, say
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
@@ -140,3 +141,26 @@ async def test_unsubscribe_grace_period(db_url: str) -> None:
         assert "erased the data of 1" in await purge.func(deps, clock.now())
         assert await traces(bot.services.db, ["zelda", SECRET_NAME, SECRET_CONTACT]) == []
         assert "erased the data of 0" in await purge.func(deps, clock.now())  # idempotent
+
+
+async def test_delete_me_drops_unsent_digests_that_may_name_the_member(db_url: str) -> None:
+    from handlers.replies import TextReply
+    from storage import members as member_store
+    from storage import outbox
+
+    async with running_bot(make_config(db_url)) as bot:
+        await fill_and_connect(bot)  # zelda - bob
+        await say(bot, "carol", "set name Carol")
+        with bot.services.db.session() as s:
+            bob = member_store.get(s, platform="oa", openid="bob")
+            carol = member_store.get(s, platform="oa", openid="carol")
+            assert bob is not None and carol is not None
+            outbox.enqueue(s, member_id=bob.id, reply=TextReply(f"New in your network: {SECRET_NAME}"),
+                           now=T0, priority=outbox.PRIORITY_DIGEST, dedupe_key=f"digest:{bob.id}:2026-W10")
+            outbox.enqueue(s, member_id=carol.id, reply=TextReply("Nothing about anyone"),
+                           now=T0, priority=outbox.PRIORITY_DIGEST, dedupe_key=f"digest:{carol.id}:2026-W10")
+        await say(bot, "zelda", "delete me confirm")
+        assert await traces(bot.services.db, [SECRET_NAME]) == []
+        with bot.services.db.session() as s:
+            keys = set(s.execute(sa.select(OutboxMessage.dedupe_key)).scalars())
+        assert f"digest:{carol.id}:2026-W10" in keys  # a digest that cannot name her stays
