@@ -213,8 +213,7 @@ async def test_wechat_refusal_holds_when_our_count_is_wrong(
 ) -> None:
     bob = add_member(db, fake_api, "o-bob")
     # WeChat counted three messages we never recorded (say, sent by another tool).
-    for n in range(3):
-        fake_api._sent_at["o-bob"].append(NOW)
+    fake_api._sent_at["o-bob"].extend([NOW] * 3)
     for n in (1, 2, 3):
         queue(db, bob, TextReply(f"note {n}"), outbox.PRIORITY_DIGEST)
     sender = make_sender()

@@ -309,3 +309,15 @@ def test_introduction_flow_in_the_terminal(tmp_path: Path) -> None:
     assert "Contact: ann@example.com" in done
     exchanged = chat("ann", "contacts")
     assert "Contact: cat@example.com" in exchanged and "2. Cat" in exchanged
+
+
+def test_every_job_runs_from_the_command_line(tmp_path: Path) -> None:
+    """`yinjian run-job NAME --at TIME` for every registered job, on a fresh database."""
+    from scheduler.jobs import JOBS
+
+    env = {"YINJIAN_STORAGE__URL": f"sqlite:///{tmp_path / 'jobs.db'}"}
+    listed = run("run-job", "--list", env=env).stdout
+    for name in JOBS:
+        assert name in listed
+        result = run("run-job", name, "--at", "2026-03-02T09:05:00+08:00", env=env)
+        assert result.returncode == 0 and result.stdout.startswith(f"{name}: "), (name, result.stderr)
