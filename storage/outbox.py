@@ -295,19 +295,19 @@ class HeldMessage:
     reply: Reply
 
 
+# Runs on every message a member sends, so it is prebuilt (see RawStatement).
+_HELD_FOR_AWAY = RawStatement(
+    f"SELECT id, priority, payload FROM outbox WHERE member_id = ? AND status = '{OutboxStatus.HELD}' "
+    "AND kind IN ('text', 'choices') ORDER BY priority, id LIMIT ?"
+)
+
+
 def held_for_away(session: Session, *, member_id: int, limit: int) -> list[HeldMessage]:
     """The member's most important held text/choices rows (priority, then age)."""
-    stmt = (
-        sa.select(_outbox.c.id, _outbox.c.priority, _outbox.c.payload)
-        .where(_outbox.c.member_id == member_id, _outbox.c.status == OutboxStatus.HELD,
-               _outbox.c.kind.in_(["text", "choices"]))
-        .order_by(_outbox.c.priority, _outbox.c.id)
-        .limit(limit)
-    )
     found = []
-    for r in session.execute(stmt).all():
+    for row_id, priority, payload in _HELD_FOR_AWAY.execute(session, (member_id, limit)).fetchall():
         try:
-            found.append(HeldMessage(id=r.id, priority=r.priority, reply=reply_from_json(r.payload)))
+            found.append(HeldMessage(id=row_id, priority=priority, reply=reply_from_json(payload)))
         except (ValueError, KeyError, TypeError):
             continue  # the sender records an unreadable row as failed
     return found
