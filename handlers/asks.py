@@ -10,16 +10,16 @@ card field shown to another member goes through handlers.visibility.
 from __future__ import annotations
 
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
 from handlers import texts
 from handlers.context import Context
+from handlers.dates import local_date
 from handlers.intros import start_broker
 from handlers.replies import Choice, ChoicesReply, Reply, TextReply
 from handlers.router import Router, normalize
-from handlers.visibility import what_may_see
+from handlers.visibility import visible_name, what_may_see
 from storage import asks as store
 from storage import followups, members, outbox, privacy
 from storage import intros as intro_store
@@ -36,15 +36,6 @@ MAX_LISTED = 20
 def _lang(session: Session, member_id: int) -> str:
     member = members.by_id(session, member_id=member_id)
     return member.lang if member and member.lang else texts.DEFAULT_LANG
-
-
-def _name(session: Session, *, viewer_id: int, owner_id: int, lang: str) -> str:
-    name = what_may_see(session, viewer_id=viewer_id, owner_id=owner_id).get("name")
-    return str(name) if name else texts.text(lang, "unnamed")
-
-
-def _date(value: datetime) -> str:
-    return value.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m-%d")
 
 
 def _active(session: Session, member_id: int) -> bool:
@@ -72,7 +63,7 @@ def ask_command(ctx: Context, args: str) -> Reply:
     if len(text) > store.ASK_MAX:
         return TextReply(ctx.t("ask_too_long", max=store.ASK_MAX, got=len(text)))
     ask = store.create(ctx.session, member_id=ctx.member.id or 0, text=text, now=ctx.now)
-    return TextReply(ctx.t("ask_posted", id=ask.id, date=_date(ask.expires_at),
+    return TextReply(ctx.t("ask_posted", id=ask.id, date=local_date(ask.expires_at),
                            close=ctx.t("close_command", id=ask.id)))
 
 
@@ -83,7 +74,7 @@ def asks_command(ctx: Context, args: str) -> Reply:
     if not mine:
         return TextReply(ctx.t("asks_none"))
     lines = [ctx.t("asks_header", n=len(mine))]
-    lines += [ctx.t("asks_line", id=a.id, text=a.text, date=_date(a.expires_at)) for a in mine[:MAX_LISTED]]
+    lines += [ctx.t("asks_line", id=a.id, text=a.text, date=local_date(a.expires_at)) for a in mine[:MAX_LISTED]]
     lines += ["", ctx.t("asks_footer")]
     return TextReply("\n".join(lines))
 
@@ -123,8 +114,8 @@ def nudge_message(session: Session, *, nudge: store.NudgeView, ask: store.AskVie
                   lang: str) -> ChoicesReply:
     """"R is looking for …; your contact M offers … — introduce them?" with Introduce / Not now."""
     c = nudge.connector_id
-    requester = _name(session, viewer_id=c, owner_id=ask.member_id, lang=lang)
-    candidate = _name(session, viewer_id=c, owner_id=nudge.candidate_id, lang=lang)
+    requester = visible_name(session, viewer_id=c, owner_id=ask.member_id, lang=lang)
+    candidate = visible_name(session, viewer_id=c, owner_id=nudge.candidate_id, lang=lang)
     what = _what(session, viewer_id=c, match=match, lang=lang)
     key = "nudge_ask" if what else "nudge_ask_plain"
     yes, no = _nudge_commands(lang, nudge.id)
@@ -195,8 +186,8 @@ def nudge_command(ctx: Context, args: str) -> Reply:
     ask = store.get(s, ask_id=nudge.ask_id)
     if ask is None:
         return TextReply(ctx.t("nudge_unknown", id=nudge_id))
-    requester = _name(s, viewer_id=me, owner_id=ask.member_id, lang=ctx.lang)
-    candidate = _name(s, viewer_id=me, owner_id=nudge.candidate_id, lang=ctx.lang)
+    requester = visible_name(s, viewer_id=me, owner_id=ask.member_id, lang=ctx.lang)
+    candidate = visible_name(s, viewer_id=me, owner_id=nudge.candidate_id, lang=ctx.lang)
     if word in _NO:
         store.decide_nudge(s, nudge_id=nudge_id, connector_id=me, status=store.NOT_NOW, now=now)
         return TextReply(ctx.t("nudge_not_now", requester=requester))
@@ -231,9 +222,9 @@ def follow_up_message(session: Session, *, fu: followups.FollowUpView, intro: in
     """"Did you meet?" with Yes / Not yet / Not useful and the exact text to type."""
     me = fu.member_id
     other = intro.target_id if me == intro.requester_id else intro.requester_id or 0
-    oname = _name(session, viewer_id=me, owner_id=other, lang=lang)
+    oname = visible_name(session, viewer_id=me, owner_id=other, lang=lang)
     cons = followups.connectors_of(intro.kind, intro.broker_id, intro.path)
-    by = _name(session, viewer_id=me, owner_id=cons[0], lang=lang) if len(cons) == 1 else ""
+    by = visible_name(session, viewer_id=me, owner_id=cons[0], lang=lang) if len(cons) == 1 else ""
     key = "followup_ask" if fu.round == 1 else "followup_ask_again"
     commands = [texts.text(lang, f"met_{a}_command", id=intro.id) for a in ("yes", "notyet", "no")]
     labels = [texts.text(lang, k) for k in ("choice_met_yes", "choice_met_notyet", "choice_met_no")]
@@ -278,7 +269,7 @@ def met_command(ctx: Context, args: str) -> Reply:
     if fu.status == followups.ANSWERED or not followups.answer(s, follow_up_id=fu.id, value=value, now=now):
         return TextReply(ctx.t("met_answered", id=intro_id))
     other = intro.target_id if me == intro.requester_id else intro.requester_id or 0
-    oname = _name(s, viewer_id=me, owner_id=other, lang=ctx.lang)
+    oname = visible_name(s, viewer_id=me, owner_id=other, lang=ctx.lang)
     if value == followups.NOT_YET and fu.round < followups.LAST_ROUND:
         followups.schedule(s, intro_id=intro_id, member_ids=[me], due_at=now + followups.FOLLOW_UP_AFTER,
                            round_=fu.round + 1)
@@ -290,8 +281,8 @@ def met_command(ctx: Context, args: str) -> Reply:
         outbox.enqueue(s, member_id=c, now=now, priority=outbox.PRIORITY_FOLLOW_UP,
                        dedupe_key=f"followup:{intro_id}:{me}:outcome:{c}",
                        reply=TextReply(texts.text(
-                           lang, f"met_told_{value}", member=_name(s, viewer_id=c, owner_id=me, lang=lang),
-                           other=_name(s, viewer_id=c, owner_id=other, lang=lang))))
+                           lang, f"met_told_{value}", member=visible_name(s, viewer_id=c, owner_id=me, lang=lang),
+                           other=visible_name(s, viewer_id=c, owner_id=other, lang=lang))))
     return TextReply(ctx.t(f"met_thanks_{value}", name=oname))
 
 

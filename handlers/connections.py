@@ -5,10 +5,10 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from handlers.context import Context
-from handlers.texts import DEFAULT_LANG, text
 from handlers.replies import Choice, ChoicesReply, Reply, TextReply
 from handlers.router import Router
-from handlers.visibility import what_may_see
+from handlers.texts import DEFAULT_LANG, text
+from handlers.visibility import visible_name
 from storage import graph, invites, members, outbox
 from storage.members import MemberRecord
 from storage.models import MemberStatus
@@ -85,10 +85,7 @@ def join_with_code(ctx: Context, raw_code: str, *, source: str) -> Reply:
 
 def display_name(ctx: Context, *, viewer_id: int, owner_id: int, lang: str) -> str:
     """The owner's name as the viewer may see it, or a neutral stand-in."""
-    from handlers.texts import text
-
-    name = (what_may_see(ctx.session, viewer_id=viewer_id, owner_id=owner_id)).get("name")
-    return str(name) if name else text(lang, "unnamed")
+    return visible_name(ctx.session, viewer_id=viewer_id, owner_id=owner_id, lang=lang)
 
 
 def _number_of(ctx: Context, *, member_id: int, contact_id: int) -> int:

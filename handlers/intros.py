@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import itertools
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
 from handlers import texts
-from handlers.context import Context, Settings
 from handlers.connections import ask_strength, contact_number
+from handlers.context import Context, Settings
+from handlers.dates import local_date
 from handlers.replies import Choice, ChoicesReply, NoReply, Reply, TextReply
 from handlers.router import Router
-from handlers.visibility import what_may_see
+from handlers.visibility import visible_name, what_may_see
 from storage import followups, graph, members, outbox, privacy, search
 from storage import intros as store
 from storage.cards import FIELD_NAMES
@@ -39,12 +39,6 @@ MAX_CHOICE_STEPS = 5  # `requests` offers taps for the oldest few; the text list
 def _lang(session: Session, member_id: int) -> str:
     member = members.by_id(session, member_id=member_id)
     return (member.lang if member and member.lang else texts.DEFAULT_LANG)
-
-
-def _name(session: Session, *, viewer_id: int, owner_id: int, lang: str) -> str:
-    """The owner's name as the viewer may see it, or a neutral stand-in."""
-    name = what_may_see(session, viewer_id=viewer_id, owner_id=owner_id).get("name")
-    return str(name) if name else texts.text(lang, "unnamed")
 
 
 def _card(session: Session, *, viewer_id: int, owner_id: int, lang: str) -> str:
@@ -82,7 +76,7 @@ def _vouches(session: Session, intro: IntroView, *, before_seq: int, viewer_id: 
     for step in store.steps_of(session, intro_id=intro.id):
         if step.role == store.ROLE_CONNECTOR and step.status == store.ACCEPTED and step.vouch \
                 and step.seq < before_seq:
-            who = _name(session, viewer_id=viewer_id, owner_id=step.actor_id, lang=lang)
+            who = visible_name(session, viewer_id=viewer_id, owner_id=step.actor_id, lang=lang)
             lines.append(texts.text(lang, "intro_vouch_line", name=who, vouch=step.vouch))
     return lines
 
@@ -95,8 +89,8 @@ def ask(session: Session, *, step: StepView, intro: IntroView, lang: str, settin
     requester = intro.requester_id or 0
     footer_key = "decide_footer"
     if intro.kind == store.KIND_REQUEST:
-        rname = _name(session, viewer_id=actor, owner_id=requester, lang=lang)
-        tname = _name(session, viewer_id=actor, owner_id=intro.target_id, lang=lang)
+        rname = visible_name(session, viewer_id=actor, owner_id=requester, lang=lang)
+        tname = visible_name(session, viewer_id=actor, owner_id=intro.target_id, lang=lang)
         card = _card(session, viewer_id=actor, owner_id=requester, lang=lang)
         if step.role == store.ROLE_CONNECTOR:
             nxt = intro.path[step.seq + 1]
@@ -104,14 +98,14 @@ def ask(session: Session, *, step: StepView, intro: IntroView, lang: str, settin
                 lead = texts.text(lang, "intro_ask_connector", requester=rname, target=tname)
             else:
                 lead = texts.text(lang, "intro_ask_hop", requester=rname, target=tname,
-                                  next=_name(session, viewer_id=actor, owner_id=nxt, lang=lang))
+                                  next=visible_name(session, viewer_id=actor, owner_id=nxt, lang=lang))
             if step.seq > 1:
-                prev = _name(session, viewer_id=actor, owner_id=intro.path[step.seq - 1], lang=lang)
+                prev = visible_name(session, viewer_id=actor, owner_id=intro.path[step.seq - 1], lang=lang)
                 lead += texts.text(lang, "intro_passed_on_by", name=prev)
             labels = ("choice_forward", "choice_decline")
             footer_key = "decide_footer_vouch"
         else:
-            connector = _name(session, viewer_id=actor, owner_id=intro.path[step.seq - 1], lang=lang)
+            connector = visible_name(session, viewer_id=actor, owner_id=intro.path[step.seq - 1], lang=lang)
             lead = texts.text(lang, "intro_ask_target", requester=rname, connector=connector)
             labels = ("choice_accept", "choice_decline")
         parts = [lead, card]
@@ -123,8 +117,8 @@ def ask(session: Session, *, step: StepView, intro: IntroView, lang: str, settin
         subject = rname
     else:
         other = intro.target_id if actor == intro.requester_id else requester
-        oname = _name(session, viewer_id=actor, owner_id=other, lang=lang)
-        bname = _name(session, viewer_id=actor, owner_id=intro.broker_id or 0, lang=lang)
+        oname = visible_name(session, viewer_id=actor, owner_id=other, lang=lang)
+        bname = visible_name(session, viewer_id=actor, owner_id=intro.broker_id or 0, lang=lang)
         parts = [texts.text(lang, "introduce_ask", broker=bname, other=oname),
                  _card(session, viewer_id=actor, owner_id=other, lang=lang)]
         if intro.note:
@@ -134,7 +128,7 @@ def ask(session: Session, *, step: StepView, intro: IntroView, lang: str, settin
     if reminder:
         parts.insert(0, texts.text(lang, "intro_reminder", id=step.id))
     if step.expires_at is not None:
-        parts.append(texts.text(lang, "intro_expires", date=_date(step.expires_at)))
+        parts.append(texts.text(lang, "intro_expires", date=local_date(step.expires_at)))
     return ChoicesReply(
         text="\n\n".join(parts),
         choices=(Choice(texts.text(lang, labels[0]), accept), Choice(texts.text(lang, labels[1]), decline)),
@@ -171,7 +165,7 @@ def _fail(session: Session, *, intro: IntroView, status: str, now: datetime, dec
         lang = _lang(session, a)
         _send(session, member_id=a, now=now, key=key.format(a),
               reply=TextReply(texts.text(lang, "intro_failed",
-                                         name=_name(session, viewer_id=a, owner_id=b, lang=lang))))
+                                         name=visible_name(session, viewer_id=a, owner_id=b, lang=lang))))
         for c in passed_on:
             if c in told:
                 continue
@@ -179,20 +173,20 @@ def _fail(session: Session, *, intro: IntroView, status: str, now: datetime, dec
             lang = _lang(session, c)
             _send(session, member_id=c, now=now, key=key.format(c), reply=TextReply(texts.text(
                 lang, "intro_failed_connector",
-                requester=_name(session, viewer_id=c, owner_id=a, lang=lang),
-                target=_name(session, viewer_id=c, owner_id=b, lang=lang))))
+                requester=visible_name(session, viewer_id=c, owner_id=a, lang=lang),
+                target=visible_name(session, viewer_id=c, owner_id=b, lang=lang))))
         return True
     for me, other in ((a, b), (b, a)):
         if me == decider:
             continue
         lang = _lang(session, me)
         _send(session, member_id=me, now=now, key=key.format(me), reply=TextReply(texts.text(
-            lang, "intro_failed", name=_name(session, viewer_id=me, owner_id=other, lang=lang))))
+            lang, "intro_failed", name=visible_name(session, viewer_id=me, owner_id=other, lang=lang))))
     for c in _connectors(intro):
         lang = _lang(session, c)
         _send(session, member_id=c, now=now, key=key.format(c), reply=TextReply(texts.text(
-            lang, "intro_failed_broker", a=_name(session, viewer_id=c, owner_id=a, lang=lang),
-            b=_name(session, viewer_id=c, owner_id=b, lang=lang))))
+            lang, "intro_failed_broker", a=visible_name(session, viewer_id=c, owner_id=a, lang=lang),
+            b=visible_name(session, viewer_id=c, owner_id=b, lang=lang))))
     return True
 
 
@@ -212,7 +206,7 @@ def _complete(session: Session, *, intro: IntroView, now: datetime, decider: int
     answer: Reply = NoReply()
     for me, other in ((a, b), (b, a)):
         lang = _lang(session, me)
-        name = _name(session, viewer_id=me, owner_id=other, lang=lang)
+        name = visible_name(session, viewer_id=me, owner_id=other, lang=lang)
         card = _card(session, viewer_id=me, owner_id=other, lang=lang)
         number = contact_number(session, member_id=me, contact_id=other)
         if me == decider:
@@ -225,8 +219,8 @@ def _complete(session: Session, *, intro: IntroView, now: datetime, decider: int
     for c in _connectors(intro):
         lang = _lang(session, c)
         _send(session, member_id=c, now=now, key=f"intro:{intro.id}:made:{c}", reply=TextReply(texts.text(
-            lang, "intro_went_through", a=_name(session, viewer_id=c, owner_id=a, lang=lang),
-            b=_name(session, viewer_id=c, owner_id=b, lang=lang))))
+            lang, "intro_went_through", a=visible_name(session, viewer_id=c, owner_id=a, lang=lang),
+            b=visible_name(session, viewer_id=c, owner_id=b, lang=lang))))
     return answer
 
 
@@ -234,10 +228,6 @@ def _complete(session: Session, *, intro: IntroView, now: datetime, decider: int
 
 def _note(raw: str) -> str:
     return "".join(ch for ch in raw if ch.isprintable()).strip()
-
-
-def _date(value: datetime) -> str:
-    return value.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m-%d")
 
 
 @router.command("intro", en=["intro"], zh=["引荐"], summary="summary_intro",
@@ -255,7 +245,7 @@ def intro_command(ctx: Context, args: str) -> Reply:
     if hit is None:
         return TextReply(ctx.t("intro_no_result", n=int(number)))
     target_id = hit.target_id
-    name = _name(s, viewer_id=me, owner_id=target_id, lang=ctx.lang)
+    name = visible_name(s, viewer_id=me, owner_id=target_id, lang=ctx.lang)
     target = members.by_id(s, member_id=target_id)
     if target is None or target.status != MemberStatus.ACTIVE or target_id == me:
         return TextReply(ctx.t("intro_path_gone", name=name))
@@ -269,7 +259,7 @@ def intro_command(ctx: Context, args: str) -> Reply:
     failed = store.last_failure(s, requester_id=me, target_id=target_id, since=ctx.now - st.intro_cooldown)
     if failed is not None:
         return TextReply(ctx.t("intro_cooldown", name=name, days=_days(st.intro_cooldown),
-                               date=_date(failed + st.intro_cooldown)))
+                               date=local_date(failed + st.intro_cooldown)))
     if privacy.get(s, member_id=target_id).paused(ctx.now):
         return TextReply(ctx.t("intro_target_paused", name=name))
     path = _path(ctx, me, target_id, hit.degree, hit.path)
@@ -342,8 +332,8 @@ def introduce_command(ctx: Context, args: str) -> Reply:
     if parts[0] == parts[1] or int(parts[0]) == int(parts[1]):
         return TextReply(ctx.t("introduce_same"))
     a, b = rows[int(parts[0])].contact_id, rows[int(parts[1])].contact_id
-    aname = _name(s, viewer_id=me, owner_id=a, lang=ctx.lang)
-    bname = _name(s, viewer_id=me, owner_id=b, lang=ctx.lang)
+    aname = visible_name(s, viewer_id=me, owner_id=a, lang=ctx.lang)
+    bname = visible_name(s, viewer_id=me, owner_id=b, lang=ctx.lang)
     started = start_broker(s, broker_id=me, a=a, b=b, note=note, now=ctx.now, settings=st)
     if isinstance(started, tuple):
         key, who = started
@@ -379,14 +369,14 @@ def _summary(ctx: Context, step: StepView, intro: IntroView) -> str:
     if intro.kind == store.KIND_BROKER:
         other = intro.target_id if me == intro.requester_id else intro.requester_id or 0
         return ctx.t("requests_line_party", id=step.id, accept=accept, decline=decline,
-                     broker=_name(s, viewer_id=me, owner_id=intro.broker_id or 0, lang=lang),
-                     other=_name(s, viewer_id=me, owner_id=other, lang=lang))
-    rname = _name(s, viewer_id=me, owner_id=intro.requester_id or 0, lang=lang)
+                     broker=visible_name(s, viewer_id=me, owner_id=intro.broker_id or 0, lang=lang),
+                     other=visible_name(s, viewer_id=me, owner_id=other, lang=lang))
+    rname = visible_name(s, viewer_id=me, owner_id=intro.requester_id or 0, lang=lang)
     if step.role == store.ROLE_TARGET:
         return ctx.t("requests_line_target", id=step.id, accept=accept, decline=decline, requester=rname,
-                     connector=_name(s, viewer_id=me, owner_id=intro.path[step.seq - 1], lang=lang))
+                     connector=visible_name(s, viewer_id=me, owner_id=intro.path[step.seq - 1], lang=lang))
     return ctx.t("requests_line_connector", id=step.id, accept=accept, decline=decline, requester=rname,
-                 target=_name(s, viewer_id=me, owner_id=intro.target_id, lang=lang))
+                 target=visible_name(s, viewer_id=me, owner_id=intro.target_id, lang=lang))
 
 
 @router.command("requests", en=["requests", "pending"], zh=["待处理"], summary="summary_requests")
@@ -454,7 +444,7 @@ def _decide(ctx: Context, args: str, *, accept: bool) -> Reply:
         if all(x.status == store.ACCEPTED for x in store.steps_of(s, intro_id=intro.id)):
             return _complete(s, intro=intro, now=now, decider=me)
         other = intro.target_id if me == intro.requester_id else intro.requester_id or 0
-        return TextReply(ctx.t("introduce_waiting", name=_name(s, viewer_id=me, owner_id=other, lang=ctx.lang)))
+        return TextReply(ctx.t("introduce_waiting", name=visible_name(s, viewer_id=me, owner_id=other, lang=ctx.lang)))
     if step.role == store.ROLE_TARGET:
         return _complete(s, intro=intro, now=now, decider=me)
     return _forward(ctx, intro, step, vouch)
@@ -464,7 +454,7 @@ def _forward(ctx: Context, intro: IntroView, step: StepView, vouch: str) -> Repl
     """A connector said yes: the next hop is asked, unless they stopped taking requests."""
     s, now, me = ctx.session, ctx.now, ctx.member.id or 0
     nxt = intro.path[step.seq + 1]
-    name = _name(s, viewer_id=me, owner_id=nxt, lang=ctx.lang)
+    name = visible_name(s, viewer_id=me, owner_id=nxt, lang=ctx.lang)
     member = members.by_id(s, member_id=nxt)
     if member is None or member.status != MemberStatus.ACTIVE or privacy.get(s, member_id=nxt).paused(now):
         _fail(s, intro=intro, status=store.DECLINED, now=now, decider=me)

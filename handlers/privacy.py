@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from handlers import fields
 from handlers.context import Context
+from handlers.dates import local_minute
 from handlers.replies import Reply, TextReply
 from handlers.router import Router, normalize
 from storage import privacy
@@ -16,14 +17,6 @@ router = Router(name="privacy")
 ON = {"on", "开", "开启", "打开", "是"}
 OFF = {"off", "关", "关闭", "否"}
 MAX_PAUSE_DAYS = 365
-
-
-def _when(ctx: Context, value: object) -> str:
-    from datetime import datetime
-    from zoneinfo import ZoneInfo
-
-    assert isinstance(value, datetime)
-    return value.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m-%d %H:%M")
 
 
 @router.command("privacy", en=["privacy"], zh=["隐私"], summary="summary_privacy",
@@ -43,8 +36,8 @@ def privacy_command(ctx: Context, args: str) -> Reply:
     lines += [ctx.t("privacy_line", field=ctx.t(f"field_{name}"), level=ctx.t(f"level_{prefs.level(name)}"))
               for name in FIELD_NAMES]
     lines.append(ctx.t("stealth_state_on" if prefs.stealth else "stealth_state_off"))
-    lines.append(ctx.t("pause_state_on", until=_when(ctx, prefs.paused_until)) if prefs.paused(ctx.now)
-                 else ctx.t("pause_state_off"))
+    until = prefs.paused_until if prefs.paused(ctx.now) else None
+    lines.append(ctx.t("pause_state_on", until=local_minute(until)) if until else ctx.t("pause_state_off"))
     lines += ["", ctx.t("privacy_footer")]
     return TextReply("\n".join(lines))
 
@@ -73,4 +66,4 @@ def pause_command(ctx: Context, args: str) -> Reply:
     privacy.set_pause(ctx.session, member_id=ctx.member.id or 0, until=until)
     if until is None:
         return TextReply(ctx.t("pause_off"))
-    return TextReply(ctx.t("pause_on", days=days, until=_when(ctx, until)))
+    return TextReply(ctx.t("pause_on", days=days, until=local_minute(until)))

@@ -6,6 +6,7 @@ from typing import Optional
 
 from sqlalchemy.orm import Session
 
+from handlers import texts
 from storage import cards, graph, privacy
 from storage.cards import Value
 from storage.privacy import CONNECTIONS, HIDDEN, NETWORK, Privacy
@@ -36,3 +37,9 @@ def what_may_see(session: Session, *, viewer_id: int, owner_id: int) -> dict[str
     card = cards.values(cards.get(session, member_id=owner_id))
     prefs = privacy.get(session, member_id=owner_id)
     return visible_card(card, prefs, degree)
+
+
+def visible_name(session: Session, *, viewer_id: int, owner_id: int, lang: str) -> str:
+    """The owner's name as the viewer may see it, or a neutral stand-in in `lang`."""
+    name = what_may_see(session, viewer_id=viewer_id, owner_id=owner_id).get("name")
+    return str(name) if name else texts.text(lang, "unnamed")
