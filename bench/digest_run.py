@@ -96,10 +96,15 @@ def generate(path: str, members: int, pairs: int, seed: int) -> dict[str, int]:
                      "VALUES (?, ?, 0, ?, ?)", settings)
     edges = list(_pairs(members, pairs, rng))
     rows = []
+    numbers: dict[int, int] = {}
     for a, b in edges:
         at = _t(NOW - timedelta(seconds=rng.randrange(56 * 86400)))
-        rows += [(a, b, "invite", at), (b, a, "invite", at)]
-    conn.executemany("INSERT INTO connection (member_id, contact_id, source, created_at) VALUES (?, ?, ?, ?)", rows)
+        for x, y in ((a, b), (b, a)):
+            numbers[x] = numbers.get(x, 0) + 1
+            rows.append((x, y, "invite", at, numbers[x]))
+    conn.executemany("INSERT INTO connection (member_id, contact_id, source, created_at, number) "
+                     "VALUES (?, ?, ?, ?, ?)", rows)
+    conn.executemany("INSERT INTO contact_seq (member_id, last) VALUES (?, ?)", list(numbers.items()))
     # Broker introductions: 5% still waiting for both parties, 2% completed this week.
     step_id = 0
     intros: list[tuple[Any, ...]] = []

@@ -158,16 +158,25 @@ def _rows(members: int, connections: int, seed: int) -> dict[str, Any]:
             if roll < 0.05:  # 3% stealth, 2% paused: the filters have work to do
                 yield i, "{}", roll < 0.03, (NOW + timedelta(days=5)) if roll >= 0.03 else None
 
+    numbers: dict[int, int] = {}
+
+    def number(member_id: int) -> int:
+        numbers[member_id] = numbers.get(member_id, 0) + 1
+        return numbers[member_id]
+
     def connection_rows() -> Iterator[tuple[Any, ...]]:
         for a, b, ab, ba in generate_pairs(members, connections // 2, random.Random(seed + 2)):
-            yield a, b, ab, "invite", created
-            yield b, a, ba, "invite", created
+            yield a, b, ab, "invite", created, number(a)
+            yield b, a, ba, "invite", created, number(b)
 
     return {"member": (("id", "platform", "openid", "lang", "status", "created_at"), member_rows()),
             "card": (("member_id", "name", "title", "company", "city", "industry", "offers", "needs",
                       "bio", "contact", "updated_at"), card_rows()),
             "member_settings": (("member_id", "visibility", "stealth", "paused_until"), settings_rows()),
-            "connection": (("member_id", "contact_id", "strength", "source", "created_at"), connection_rows()),
+            "connection": (("member_id", "contact_id", "strength", "source", "created_at", "number"),
+                           connection_rows()),
+            # After the connections, so that every number they handed out is counted.
+            "contact_seq": (("member_id", "last"), ((m, n) for m, n in numbers.items())),
             "search_token": (("member_id", "token", "weight"), token_rows())}
 
 

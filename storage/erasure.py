@@ -19,6 +19,7 @@ from storage.members import MemberRecord
 from storage.models import (
     Card,
     Connection,
+    ContactSeq,
     Dialog,
     ExportLink,
     InboundPush,
@@ -56,6 +57,7 @@ def erase_member(session: Session, *, member: MemberRecord, keep_push_key: Optio
         sa.delete(Dialog).where(col(Dialog.member_id) == mid),
         sa.delete(Invite).where(col(Invite.inviter_id) == mid),
         sa.delete(Connection).where(sa.or_(col(Connection.member_id) == mid, col(Connection.contact_id) == mid)),
+        sa.delete(ContactSeq).where(col(ContactSeq.member_id) == mid),
         sa.delete(Card).where(col(Card.member_id) == mid),
         sa.delete(MemberSettings).where(col(MemberSettings.member_id) == mid),
     ):

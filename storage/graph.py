@@ -11,21 +11,42 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from storage.models import Card, Connection, Member, MemberStatus
-from storage.sql import insert_ignore
+from storage.sql import RawStatement, insert_ignore
 
 _conn = Connection.__table__  # type: ignore[attr-defined]
 MAX_DEGREE = 3
 
 
+_LOCK_SEQ = RawStatement(
+    # Takes the row lock of the member's counter (creating it at 0) and reads it.
+    "INSERT INTO contact_seq (member_id, last) VALUES (?, 0) "
+    "ON CONFLICT (member_id) DO UPDATE SET last = contact_seq.last RETURNING last"
+)
+_SET_SEQ = RawStatement("UPDATE contact_seq SET last = ? WHERE member_id = ?")
+
+
 def connect(session: Session, *, a: int, b: int, source: str, now: datetime) -> bool:
-    """Connect two members both ways; False when they already were connected."""
+    """Connect two members both ways; False when they already were connected.
+
+    Each side's new contact gets the next number of that side's list, which is never handed
+    out again. Both counters are locked in member-id order before anything is written, so two
+    workers connecting the same pair at once (each joining the other's invite) queue one
+    behind the other instead of deadlocking; the second then finds them connected.
+    """
     if a == b:
         raise ValueError("a member cannot connect to themselves")
+    lo, hi = sorted((a, b))
+    last = {m: int(_LOCK_SEQ.execute(session, (m,)).fetchone()[0]) for m in (lo, hi)}
     made = False
-    for member_id, contact_id in ((a, b), (b, a)):
+    for member_id, contact_id in ((lo, hi), (hi, lo)):
+        if are_connected(session, a=member_id, b=contact_id):
+            continue
+        number = last[member_id] + 1
+        _SET_SEQ.execute(session, (number, member_id))
         made |= insert_ignore(
             session, _conn,
-            {"member_id": member_id, "contact_id": contact_id, "source": source, "created_at": now},
+            {"member_id": member_id, "contact_id": contact_id, "source": source, "created_at": now,
+             "number": number},
             conflict=["member_id", "contact_id"],
         )
     return made
@@ -49,18 +70,20 @@ class ContactRow:
 
 
 def contacts(session: Session, *, member_id: int) -> list[ContactRow]:
-    """A member's active connections, numbered in the order they were made (stable numbers)."""
+    """A member's active connections with their numbers, which never shift or repeat.
+
+    A contact who left is not listed, and their number is not given to anyone else.
+    """
     stmt = (
-        sa.select(col(Connection.contact_id), col(Card.name), col(Connection.strength),
-                  col(Connection.created_at))
+        sa.select(col(Connection.number), col(Connection.contact_id), col(Card.name),
+                  col(Connection.strength), col(Connection.created_at))
         .join(Member, col(Member.id) == col(Connection.contact_id))
         .outerjoin(Card, col(Card.member_id) == col(Connection.contact_id))
         .where(col(Connection.member_id) == member_id, col(Member.status) == MemberStatus.ACTIVE)
-        .order_by(col(Connection.created_at), col(Connection.id))
+        .order_by(col(Connection.number))
     )
-    rows = (session.execute(stmt)).all()
-    return [ContactRow(number=i + 1, contact_id=cid, name=name, strength=strength, since=since)
-            for i, (cid, name, strength, since) in enumerate(rows)]
+    return [ContactRow(number=n, contact_id=cid, name=name, strength=strength, since=since)
+            for n, cid, name, strength, since in session.execute(stmt).all()]
 
 
 def set_strength(session: Session, *, member_id: int, contact_id: int, strength: int) -> bool:

@@ -29,6 +29,13 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=timezone.utc)
 
 
+# SQLite reuses the highest rowid after a delete unless a table says AUTOINCREMENT. Ids are printed
+# for members to type back (accept 12, close 3, nudge 7, met 5) or used as idempotency keys
+# (client_msg_id), so no table with such ids may ever hand one out twice. PostgreSQL's
+# sequences never do.
+_NO_REUSE = {"sqlite_autoincrement": True}
+
+
 class MemberStatus:
     """Values of Member.status."""
 
@@ -41,7 +48,7 @@ class Member(SQLModel, table=True):
     """Someone who has written to the bot on one platform (an OpenID on the Official Account)."""
 
     __tablename__ = "member"
-    __table_args__ = (sa.UniqueConstraint("platform", "openid", name="uq_member_platform_openid"),)
+    __table_args__ = (sa.UniqueConstraint("platform", "openid", name="uq_member_platform_openid"), _NO_REUSE)
 
     id: Optional[int] = Field(default=None, primary_key=True)
     platform: str = Field(max_length=16)
@@ -68,6 +75,17 @@ class InboundPush(SQLModel, table=True):
     reply: Optional[str] = Field(default=None, sa_type=sa.Text)
 
 
+class PushNonce(SQLModel, table=True):
+    """A (timestamp, nonce) seen on a plain-mode push, so a captured signature signs one body only."""
+
+    __tablename__ = "push_nonce"
+
+    timestamp: str = Field(primary_key=True, max_length=16)
+    nonce: str = Field(primary_key=True, max_length=64)
+    body_sha256: str = Field(max_length=64)
+    seen_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
 class OutboxStatus:
     """Values of OutboxMessage.status."""
 
@@ -83,7 +101,7 @@ class OutboxMessage(SQLModel, table=True):
     """A proactive message to a member; the only way such a message leaves."""
 
     __tablename__ = "outbox"
-    __table_args__ = (sa.Index("ix_outbox_due", "status", "next_attempt_at"),)
+    __table_args__ = (sa.Index("ix_outbox_due", "status", "next_attempt_at"), _NO_REUSE)
 
     id: Optional[int] = Field(default=None, primary_key=True)
     member_id: int = Field(foreign_key="member.id", index=True)
@@ -101,10 +119,20 @@ class OutboxMessage(SQLModel, table=True):
     dedupe_key: Optional[str] = Field(default=None, max_length=200, unique=True)
 
 
+class OutboxMention(SQLModel, table=True):
+    """A member whose card data an outbox message shows; erasing them redacts the message."""
+
+    __tablename__ = "outbox_mention"
+
+    outbox_id: int = Field(primary_key=True, foreign_key="outbox.id")
+    member_id: int = Field(primary_key=True, foreign_key="member.id", index=True)
+
+
 class OutboxAttempt(SQLModel, table=True):
     """One try at sending an outbox message, with WeChat's errcode."""
 
     __tablename__ = "outbox_attempt"
+    __table_args__ = (_NO_REUSE,)
 
     id: Optional[int] = Field(default=None, primary_key=True)
     outbox_id: int = Field(foreign_key="outbox.id", index=True)
@@ -163,7 +191,8 @@ class Connection(SQLModel, table=True):
     """One direction of a mutual connection; `strength` is how well member knows contact (1-3)."""
 
     __tablename__ = "connection"
-    __table_args__ = (sa.UniqueConstraint("member_id", "contact_id", name="uq_connection_pair"),)
+    __table_args__ = (sa.UniqueConstraint("member_id", "contact_id", name="uq_connection_pair"),
+                      sa.UniqueConstraint("member_id", "number", name="uq_connection_number"), _NO_REUSE)
 
     id: Optional[int] = Field(default=None, primary_key=True)
     member_id: int = Field(foreign_key="member.id", index=True)
@@ -171,6 +200,19 @@ class Connection(SQLModel, table=True):
     strength: Optional[int] = Field(default=None)
     source: str = Field(max_length=16)  # invite, qr, introduction, broker
     created_at: datetime = Field(sa_type=UTCDateTime)
+    # The number member_id's `contacts` shows for contact_id; never reused (see ContactSeq).
+    number: int
+    # The inviter has not yet been told the joiner's name (they had none when they joined).
+    name_pending: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+
+
+class ContactSeq(SQLModel, table=True):
+    """The last contact number a member's list handed out, so numbers never shift or repeat."""
+
+    __tablename__ = "contact_seq"
+
+    member_id: int = Field(primary_key=True, foreign_key="member.id")
+    last: int = Field(default=0)
 
 
 class Invite(SQLModel, table=True):
@@ -238,13 +280,17 @@ class Intro(SQLModel, table=True):
     """An introduction: requested by R for T through connectors, or made by a broker C for A and B."""
 
     __tablename__ = "intro"
+    __table_args__ = (_NO_REUSE,)
 
     id: Optional[int] = Field(default=None, primary_key=True)
     kind: str = Field(max_length=16)  # "request" or "broker"
     requester_id: Optional[int] = Field(default=None, foreign_key="member.id", index=True)
     target_id: int = Field(foreign_key="member.id", index=True)
     broker_id: Optional[int] = Field(default=None, foreign_key="member.id", index=True)
-    note: str = Field(default="", max_length=200)
+    note: str = Field(default="", max_length=200)  # the requester's (or broker's) own words
+    # A broker introduction started from a referral nudge carries the requester's ask, in
+    # their words, so it is never shown as the connector's note.
+    ask_text: Optional[str] = Field(default=None, max_length=200)
     path: str = Field(default="[]", sa_type=sa.Text)  # JSON member ids R, connector(s), T
     status: str = Field(default="pending", max_length=16)  # pending, completed, declined, expired
     created_at: datetime = Field(sa_type=UTCDateTime)
@@ -255,7 +301,7 @@ class IntroStep(SQLModel, table=True):
     """One decision an introduction waits for; its id is what `accept ID` / `decline ID` name."""
 
     __tablename__ = "intro_step"
-    __table_args__ = (sa.Index("ix_intro_step_due", "status", "expires_at"),)
+    __table_args__ = (sa.Index("ix_intro_step_due", "status", "expires_at"), _NO_REUSE)
 
     id: Optional[int] = Field(default=None, primary_key=True)
     intro_id: int = Field(foreign_key="intro.id", index=True)
@@ -274,7 +320,7 @@ class Ask(SQLModel, table=True):
     """A need a member posted to their network; open for 30 days."""
 
     __tablename__ = "ask"
-    __table_args__ = (sa.Index("ix_ask_open", "status", "expires_at"),)
+    __table_args__ = (sa.Index("ix_ask_open", "status", "expires_at"), _NO_REUSE)
 
     id: Optional[int] = Field(default=None, primary_key=True)
     member_id: int = Field(foreign_key="member.id", index=True)
@@ -289,7 +335,7 @@ class Nudge(SQLModel, table=True):
     """A referral nudge to a connector: (ask, candidate) is nudged once, ever."""
 
     __tablename__ = "nudge"
-    __table_args__ = (sa.UniqueConstraint("ask_id", "candidate_id", name="uq_nudge_ask_candidate"),)
+    __table_args__ = (sa.UniqueConstraint("ask_id", "candidate_id", name="uq_nudge_ask_candidate"), _NO_REUSE)
 
     id: Optional[int] = Field(default=None, primary_key=True)
     ask_id: int = Field(foreign_key="ask.id", index=True)
@@ -305,7 +351,7 @@ class FollowUp(SQLModel, table=True):
 
     __tablename__ = "follow_up"
     __table_args__ = (sa.UniqueConstraint("intro_id", "member_id", "round", name="uq_follow_up"),
-                      sa.Index("ix_follow_up_due", "status", "due_at"))
+                      sa.Index("ix_follow_up_due", "status", "due_at"), _NO_REUSE)
 
     id: Optional[int] = Field(default=None, primary_key=True)
     intro_id: int = Field(foreign_key="intro.id", index=True)
