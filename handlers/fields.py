@@ -6,7 +6,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Optional
 
-from handlers.router import after_alias, normalize
+from handlers.router import after_alias, normalize, text_after
 from storage.cards import MAX_TAGS, SPECS, Value
 from storage.privacy import CONNECTIONS, HIDDEN, NETWORK
 
@@ -41,19 +41,30 @@ def split_alias(text: str, aliases: dict[str, tuple[str, ...]]) -> tuple[Optiona
                 continue
             rest = after_alias(folded, alias)
             if rest is not None:
-                original = text.strip()
-                best = (name, original[len(original) - len(rest):].strip() if rest else "")
+                typed = text_after(text, alias)
+                best = (name, rest.strip() if typed is None else typed)
                 best_len = len(alias)
     return best
 
 
+# Control, surrogate and private-use characters, and the line and paragraph separators
+# (U+2028, U+2029), which would let a value start a fake line of its own in our messages.
+_DROPPED = {"Cc", "Cs", "Co", "Zl", "Zp"}
+
+
 def clean(value: str) -> str:
-    """Trimmed, with control characters removed (line breaks become spaces)."""
+    """What a member typed into a card field, a note, a vouch or an ask, made safe to show.
+
+    Trimmed; tabs and line breaks become spaces; control and format characters and the line
+    and paragraph separators are dropped (the zero-width joiner stays: emoji need it).
+    Everything else is kept exactly as typed: full-width punctuation too.
+    """
     out = []
     for ch in unicodedata.normalize("NFC", value):
+        category = unicodedata.category(ch)
         if ch in "\r\n\t":
             out.append(" ")
-        elif unicodedata.category(ch) in {"Cc", "Cs", "Co"} or (unicodedata.category(ch) == "Cf" and ch != "\u200d"):
+        elif category in _DROPPED or (category == "Cf" and ch != "\u200d"):
             continue
         else:
             out.append(ch)

@@ -24,6 +24,30 @@ def normalize(text: str) -> str:
     return folded
 
 
+def parse_number(raw: str) -> Optional[int]:
+    """A number a member typed back (an id, a contact number, days), or None when it is none.
+
+    Full-width digits count (a Chinese keyboard types them); digits of other scripts and
+    superscripts do not, and more than 18 digits is no id we ever printed (it would not even
+    fit the database's integers).
+    """
+    folded = raw.strip().translate(_FULL_WIDTH_DIGITS).lstrip("#＃")
+    if not folded or len(folded) > 18 or not (folded.isascii() and folded.isdigit()):
+        return None
+    return int(folded)
+
+
+_FULL_WIDTH_DIGITS = {0xFF10 + i: ord("0") + i for i in range(10)}
+
+
+def split_first(args: str) -> tuple[str, str]:
+    """(the first word, the rest as typed) of a command's arguments; any white space separates."""
+    parts = args.strip().split(None, 1)
+    if not parts:
+        return "", ""
+    return parts[0], parts[1].strip() if len(parts) > 1 else ""
+
+
 def has_cjk(text: str) -> bool:
     """True when the text contains Chinese characters."""
     return bool(_CJK.search(text))
@@ -41,6 +65,8 @@ class Command:
     usage_en: str = ""
     usage_zh: str = ""
     hidden: bool = False
+    # Whether a member's first use of this command decides their reply language.
+    sets_language: bool = True
 
 
 @dataclass(frozen=True)
@@ -70,6 +96,7 @@ class Router:
         usage_en: str = "",
         usage_zh: str = "",
         hidden: bool = False,
+        sets_language: bool = True,
     ) -> Callable[[Handler], Handler]:
         """Register the decorated function as the handler of a command."""
 
@@ -84,6 +111,7 @@ class Router:
                     usage_en=usage_en or next(iter(en)),
                     usage_zh=usage_zh or next(iter(zh)),
                     hidden=hidden,
+                    sets_language=sets_language,
                 )
             )
             return handler
@@ -101,6 +129,11 @@ class Router:
             out.extend(child.all_commands())
         return out
 
+    def is_command_word(self, text: str) -> bool:
+        """True when the text is exactly one command's word (an alias with nothing after it)."""
+        folded = normalize(text)
+        return any(folded in (c.en + c.zh) for c in self.all_commands())
+
     def match(self, text: str) -> Optional[Match]:
         """Find the command a text asks for; the longest alias wins, then registration order."""
         folded = normalize(text)
@@ -116,7 +149,7 @@ class Router:
                     rest = after_alias(folded, alias)
                     if rest is None:
                         continue
-                    best, best_len = Match(command, _original_args(text, rest), lang), len(alias)
+                    best, best_len = Match(command, _original_args(text, alias, rest), lang), len(alias)
         return best
 
 
@@ -135,11 +168,30 @@ def after_alias(folded: str, alias: str) -> Optional[str]:
     return None
 
 
-def _original_args(text: str, folded_rest: str) -> str:
-    """Arguments as the member typed them (case kept), NFKC-normalised and trimmed."""
-    original = re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).strip())
-    if not folded_rest:
-        return ""
-    # Case folding keeps length for the characters commands use; fall back to folded text.
-    candidate = original[len(original) - len(folded_rest):]
-    return candidate.strip() if candidate.casefold() == folded_rest else folded_rest.strip()
+def text_after(text: str, alias: str) -> Optional[str]:
+    """What follows the command word `alias` in `text`, exactly as the member typed it.
+
+    Folding (NFKC, case, white space, a leading '/') decides where the command word ends;
+    what comes after it is kept character for character, trimmed at both ends: free text is
+    never folded (PRODUCT.md). None when the text does not start with `alias`.
+    """
+    original = text.strip()
+    # A folded prefix grows by at most a few characters per typed one (e.g. 'ß' -> 'ss').
+    for end in range(1, min(len(original), 4 * len(alias) + 4) + 1):
+        head = normalize(original[:end])
+        if head != alias:
+            if len(head) > len(alias) + 1:
+                break
+            continue
+        rest = original[end:]
+        if not rest.strip():
+            return ""
+        if rest[0].isspace() or has_cjk(alias[-1]):
+            return rest.strip()
+    return None
+
+
+def _original_args(text: str, alias: str, folded_rest: str) -> str:
+    """Arguments as the member typed them (full-width forms and case kept), trimmed."""
+    found = text_after(text, alias)
+    return folded_rest.strip() if found is None else found

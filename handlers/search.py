@@ -5,7 +5,7 @@ from __future__ import annotations
 from handlers.context import Context
 from handlers.replies import Reply, TextReply
 from handlers.router import Router
-from handlers.visibility import visible_card
+from handlers.visibility import note_shown, visible_card
 from storage import search
 from storage.cards import Value
 
@@ -15,6 +15,8 @@ router = Router(name="search")
 _SUMMARY_FIELDS = ("title", "company", "city", "industry")
 _DETAIL_FIELDS = ("offers", "needs", "bio", "contact")
 _MAX_ECHO = 40
+# Longer than any real query; refused before any work is done, with the limit stated.
+FIND_MAX = 100
 
 
 @router.command("find", en=["find", "search"], zh=["找", "搜索", "查找"], summary="summary_find",
@@ -22,6 +24,8 @@ _MAX_ECHO = 40
 def find_command(ctx: Context, args: str) -> Reply:
     """Search my network up to the 3rd degree; numbered results, each with its path."""
     query = args.strip()
+    if len(query) > FIND_MAX:
+        return TextReply(ctx.t("find_too_long", max=FIND_MAX, got=len(query)))
     if not search.tokenize(query):
         return TextReply(ctx.t("find_usage"))
     me = ctx.member.id or 0
@@ -30,6 +34,8 @@ def find_command(ctx: Context, args: str) -> Reply:
     echo = query if len(query) <= _MAX_ECHO else query[:_MAX_ECHO] + "…"
     if not outcome.found:
         return TextReply(ctx.t("find_none", query=echo))
+    note_shown(ctx.session, viewer_id=me, owner_ids=[f.hit.target_id for f in outcome.found]
+               + [f.hit.path[1] for f in outcome.found if f.hit.degree > 1])
     lines = [ctx.t("find_header", query=echo, n=len(outcome.found))]
     for found in outcome.found:
         # The one visibility rule decides every field shown, the path's names included.

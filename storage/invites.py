@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import string
+import unicodedata
 from datetime import datetime, timedelta
 from typing import Optional
 
@@ -25,8 +26,8 @@ def new_code() -> str:
 
 
 def clean_code(raw: str) -> str:
-    """What a member typed, as a code: upper case, without spaces or dashes."""
-    return "".join(ch for ch in raw.upper() if ch not in " -_")
+    """What a member typed, as a code: full-width folded, upper case, without spaces or dashes."""
+    return "".join(ch for ch in unicodedata.normalize("NFKC", raw).upper() if ch not in " -_")
 
 
 def create(session: Session, *, inviter_id: int, now: datetime, ttl: timedelta,
