@@ -20,11 +20,10 @@ from bot.dispatcher import ANSWER_DEADLINE, PASSIVE_CUTOFF, Dispatcher
 from bot.outbox import OutboxSender
 from bot.wechat_api import WeChatAPI
 from bot.wechat_push import OfficialAccountPushes, PushRejected
-from handlers import core
+from handlers import core, rights
 from handlers.context import Context, Settings
 from handlers.replies import Reply
 from scheduler.runner import JobScheduler
-from storage import exports
 from storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -82,6 +81,7 @@ def handler_settings(config: Config) -> Settings:
         public_url=config.server.base_url,
         qr_invites=config.wechat.api_configured,
         deletion_grace=timedelta(days=config.privacy.deletion_grace_days),
+        default_timezone=config.scheduler.timezone,
     )
 
 
@@ -169,7 +169,7 @@ async def _export(request: web.Request) -> web.Response:
     token = request.match_info["token"]
     if not 16 <= len(token) <= 64:
         raise web.HTTPNotFound(text="not found")
-    data = await services.db.run(exports.use_link, token=token, now=services.clock.now())
+    data = await services.db.run(rights.export_for_link, token=token, now=services.clock.now())
     if not data:
         raise web.HTTPNotFound(text="not found")
     log.info("served a one-time data export")

@@ -22,8 +22,10 @@ from bot.outbox import with_away
 from handlers import core
 from handlers.context import Context, Settings
 from handlers.events import EventKind, InboundEvent
+from handlers.outgoing import tell
 from handlers.replies import NoReply, Reply, TextReply, reply_from_json, reply_to_json
 from handlers.texts import DEFAULT_LANG, text
+from handlers.visibility import shown_to
 from storage import members, outbox, pushes
 from storage.db import Database
 from storage.models import MemberStatus
@@ -60,6 +62,8 @@ class _Outcome:
     member_lang: str = DEFAULT_LANG
     late: bool = False
     duplicate: bool = False
+    # Whose card data the reply shows, should it have to go through the outbox after all.
+    shown: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -139,7 +143,7 @@ class Dispatcher:
             return NoReply()
         if delivery.answered_elsewhere and not isinstance(reply, NoReply) and not outcome.duplicate:
             # The commit itself outlived the deadline: the member never saw the passive reply.
-            await self.db.run(self._move_to_outbox, event=event, reply=reply)
+            await self.db.run(self._move_to_outbox, event=event, reply=reply, shown=outcome.shown)
             self.on_outbox()
         return reply
 
@@ -175,9 +179,9 @@ class Dispatcher:
                                      member.lang or DEFAULT_LANG, more=released - len(away))
             # Delivered with this answer, in this transaction: never sent again by the outbox.
             outbox.mark_passive(session, outbox_ids=[h.id for h in away[:taken]], now=now)
+        outcome.shown = shown_to(session, member.id or 0)
         if late:
-            outbox.enqueue(session, member_id=member.id or 0, reply=reply, now=now,
-                           priority=outbox.PRIORITY_REPLY)
+            tell(session, member_id=member.id or 0, reply=reply, now=now, priority=outbox.PRIORITY_REPLY)
             pushes.finish(session, key=event.dedupe_key, reply=reply_to_json(NoReply()))
         else:
             pushes.finish(session, key=event.dedupe_key, reply=reply_to_json(reply))
@@ -196,11 +200,12 @@ class Dispatcher:
         except Exception:
             log.exception("could not record failed push %s", event.dedupe_key)
 
-    def _move_to_outbox(self, session: Session, *, event: InboundEvent, reply: Reply) -> None:
+    def _move_to_outbox(self, session: Session, *, event: InboundEvent, reply: Reply,
+                        shown: frozenset[int]) -> None:
         member = members.get(session, platform=event.platform, openid=event.member_id)
         if member is not None and member.id is not None:
             outbox.enqueue(session, member_id=member.id, reply=reply, now=self.clock.now(),
-                           priority=outbox.PRIORITY_REPLY)
+                           priority=outbox.PRIORITY_REPLY, mentions=shown)
             pushes.finish(session, key=event.dedupe_key, reply=reply_to_json(NoReply()))
 
     def _member_lock(self, event: InboundEvent) -> "_MemberLock":

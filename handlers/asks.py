@@ -14,11 +14,13 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from handlers import texts
-from handlers.context import Context
+from handlers.context import Context, Settings
 from handlers.dates import local_date
 from handlers.intros import start_broker
+from handlers.outgoing import tell
 from handlers.replies import Choice, ChoicesReply, Reply, TextReply
-from handlers.router import Router, normalize
+from handlers.fields import clean
+from handlers.router import Router, normalize, parse_number, split_first
 from handlers.visibility import visible_name, what_may_see
 from storage import asks as store
 from storage import followups, members, outbox, privacy
@@ -43,13 +45,9 @@ def _active(session: Session, member_id: int) -> bool:
     return member is not None and member.status == MemberStatus.ACTIVE
 
 
-def _clean(raw: str) -> str:
-    return "".join(ch for ch in raw if ch.isprintable()).strip()
-
-
 def _id_and_rest(args: str) -> tuple[int | None, str]:
-    raw, _, rest = args.strip().lstrip("#").partition(" ")
-    return (int(raw) if raw.isdigit() else None), rest.strip()
+    raw, rest = split_first(args)
+    return parse_number(raw), rest
 
 
 # --- ask, asks, close ---
@@ -57,7 +55,7 @@ def _id_and_rest(args: str) -> tuple[int | None, str]:
 @router.command("ask", en=["ask"], zh=["求助"], summary="summary_ask", usage_en="ask TEXT", usage_zh="求助 内容")
 def ask_command(ctx: Context, args: str) -> Reply:
     """Post a need to my network; it stays open for 30 days."""
-    text = _clean(args)
+    text = clean(args)
     if not text:
         return TextReply(ctx.t("ask_usage"))
     if len(text) > store.ASK_MAX:
@@ -143,9 +141,12 @@ def process_ask(session: Session, *, ask_id: int, now: datetime) -> int:
     if privacy.get(session, member_id=ask.member_id).paused(now):
         return 0  # Introduce would ask the asker to decide, and they take no requests right now
     sent = 0
+    cooldown = now - Settings().intro_cooldown
     for match in store.second_degree_matches(session, ask=ask, now=now):
         if store.nudged(session, ask_id=ask.id, candidate_id=match.member_id):
             continue
+        if intro_store.pair_failed_since(session, a=ask.member_id, b=match.member_id, since=cooldown):
+            continue  # they declined (or let lapse) an introduction lately: not proposed again
         mutual = [m for m in intro_store.mutual_contacts(session, a=ask.member_id, b=match.member_id)
                   if not privacy.get(session, member_id=m[0]).paused(now)]
         load = store.nudge_load(session, member_ids=[m[0] for m in mutual], since=now - store.NUDGE_WINDOW)
@@ -158,8 +159,8 @@ def process_ask(session: Session, *, ask_id: int, now: datetime) -> int:
         if nudge is None:
             continue  # another worker nudged this pair a moment ago
         lang = _lang(session, connector)
-        outbox.enqueue(session, member_id=connector, now=now, priority=outbox.PRIORITY_NUDGE,
-                       dedupe_key=f"nudge:{ask.id}:{match.member_id}",
+        tell(session, member_id=connector, now=now, priority=outbox.PRIORITY_NUDGE,
+                       key=f"nudge:{ask.id}:{match.member_id}",
                        reply=nudge_message(session, nudge=nudge, ask=ask, match=match, lang=lang))
         sent += 1
     return sent
@@ -197,8 +198,8 @@ def nudge_command(ctx: Context, args: str) -> Reply:
     if not (_active(s, ask.member_id) and _active(s, nudge.candidate_id)):
         store.decide_nudge(s, nudge_id=nudge_id, connector_id=me, status=store.NOT_NOW, now=now)
         return TextReply(ctx.t("nudge_gone"))
-    started = start_broker(s, broker_id=me, a=ask.member_id, b=nudge.candidate_id, note=ask.text, now=now,
-                           settings=ctx.settings)
+    started = start_broker(s, broker_id=me, a=ask.member_id, b=nudge.candidate_id, note="", now=now,
+                           settings=ctx.settings, ask_text=ask.text)
     if isinstance(started, tuple):
         key, who = started
         return TextReply(ctx.t(key, a=requester, b=candidate,
@@ -246,8 +247,8 @@ def process_due_follow_up(session: Session, *, now: datetime) -> str | None:
     if not followups.mark(session, follow_up_id=fu.id, status=followups.ASKED):
         return "skipped"  # another worker asked it a moment ago
     lang = _lang(session, fu.member_id)
-    outbox.enqueue(session, member_id=fu.member_id, now=now, priority=outbox.PRIORITY_FOLLOW_UP,
-                   dedupe_key=f"followup:{intro.id}:{fu.member_id}:{fu.round}",
+    tell(session, member_id=fu.member_id, now=now, priority=outbox.PRIORITY_FOLLOW_UP,
+                   key=f"followup:{intro.id}:{fu.member_id}:{fu.round}",
                    reply=follow_up_message(session, fu=fu, intro=intro, lang=lang))
     return "asked"
 
@@ -278,8 +279,8 @@ def met_command(ctx: Context, args: str) -> Reply:
         if not _active(s, c):
             continue
         lang = _lang(s, c)
-        outbox.enqueue(s, member_id=c, now=now, priority=outbox.PRIORITY_FOLLOW_UP,
-                       dedupe_key=f"followup:{intro_id}:{me}:outcome:{c}",
+        tell(s, member_id=c, now=now, priority=outbox.PRIORITY_FOLLOW_UP,
+                       key=f"followup:{intro_id}:{me}:outcome:{c}",
                        reply=TextReply(texts.text(
                            lang, f"met_told_{value}", member=visible_name(s, viewer_id=c, owner_id=me, lang=lang),
                            other=visible_name(s, viewer_id=c, owner_id=other, lang=lang))))

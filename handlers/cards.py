@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from handlers import fields
+from handlers import connections, fields
 from handlers.context import Context
 from handlers.replies import Reply, TextReply
 from handlers.router import Router, normalize
@@ -68,8 +68,16 @@ def set_command(ctx: Context, args: str) -> Reply:
     parsed = fields.parse_value(field_name, value)
     if isinstance(parsed, fields.Invalid):
         return TextReply(invalid_text(ctx, field_name, parsed))
-    cards.save(ctx.session, member_id=ctx.member.id or 0, changes={field_name: parsed}, now=ctx.now)
+    _save(ctx, {field_name: parsed})
     return TextReply(ctx.t("field_saved", field=ctx.t(f"field_{field_name}"), value=show_value(ctx, parsed)))
+
+
+def _save(ctx: Context, changes: dict[str, Value]) -> None:
+    """Write validated fields; whoever waits to learn this member's name hears it now."""
+    mid = ctx.member.id or 0
+    cards.save(ctx.session, member_id=mid, changes=changes, now=ctx.now)
+    if changes.get("name"):
+        connections.tell_waiting_inviters(ctx.session, member_id=mid, now=ctx.now)
 
 
 def field_list(ctx: Context) -> str:
@@ -113,6 +121,10 @@ def card_edit_step(ctx: Context, state: DialogState, text: str) -> Reply:
         return TextReply(ctx.t("edit_cancelled"))
     data = dict(state.data)
     if answer not in SKIP:
+        refusal = _not_a_value(ctx, state, text)
+        if refusal is not None:
+            dialogs.put(ctx.session, member_id=mid, state=DialogState(state.name, state.step, data, ctx.now))
+            return TextReply(refusal + "\n\n" + _prompt(ctx, state.step))
         parsed = fields.parse_value(state.step, text)
         if isinstance(parsed, fields.Invalid):
             # The answer is refused, the step stays where it is, and nothing is lost.
@@ -128,10 +140,23 @@ def card_edit_step(ctx: Context, state: DialogState, text: str) -> Reply:
     # The card is written once, at the end: a cancelled or abandoned edit leaves no half card.
     dialogs.clear(ctx.session, member_id=mid)
     if data:
-        cards.save(ctx.session, member_id=mid, changes=data, now=ctx.now)
+        _save(ctx, data)
     values = cards.values(cards.get(ctx.session, member_id=mid))
     done = ctx.t("edit_done") if data else ctx.t("edit_nothing")
     return TextReply(done + "\n\n" + render_card(ctx, values, privacy.get(ctx.session, member_id=mid)))
+
+
+def _not_a_value(ctx: Context, state: DialogState, text: str) -> str | None:
+    """Why an answer is not taken as the field's value (help, or a command word), or None."""
+    from handlers.core import root_router  # the router includes this module
+
+    router = root_router()
+    found = router.match(text)
+    if found is not None and found.command.name == "help" and not found.args:
+        return ctx.t("edit_help", field=ctx.t(f"field_{state.step}"))
+    if router.is_command_word(text):
+        return ctx.t("edit_command_word", word=text.strip(), field=ctx.t(f"field_{state.step}"))
+    return None
 
 
 DIALOGS = {CARD_EDIT: card_edit_step}

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy.orm import Session
 
 from handlers.context import Context
+from handlers.dates import local_date
+from handlers.outgoing import tell
 from handlers.replies import Choice, ChoicesReply, Reply, TextReply
-from handlers.router import Router
-from handlers.texts import DEFAULT_LANG, text
-from handlers.visibility import visible_name
+from handlers.router import Router, parse_number, split_first
+from handlers.texts import DEFAULT_LANG, LANGS, text
+from handlers.visibility import visible_name, what_may_see
 from storage import graph, invites, members, outbox
 from storage.members import MemberRecord
 from storage.models import MemberStatus
@@ -26,22 +30,25 @@ def _days(ctx: Context) -> int:
 def invite_command(ctx: Context, args: str) -> Reply:
     """A fresh personal invite: the code, the exact text to forward, and a QR code if possible."""
     invite = invites.create(ctx.session, inviter_id=ctx.member.id or 0, now=ctx.now,
-                                  ttl=ctx.settings.invite_ttl, max_uses=ctx.settings.invite_max_uses)
+                            ttl=ctx.settings.invite_ttl, max_uses=ctx.settings.invite_max_uses)
     uses = ctx.t("invite_single") if invite.max_uses == 1 else ctx.t("invite_multi", n=invite.max_uses)
-    text = ctx.t("invite_text", code=invite.code, days=_days(ctx), uses=uses,
-                 join=ctx.t("join_phrase", code=invite.code))
+    # Both forms, the member's own first: whoever receives it may read either language.
+    phrases = [text(lang, "join_phrase", code=invite.code)
+               for lang in sorted(LANGS, key=lambda lang: lang != ctx.lang)]
+    reply = ctx.t("invite_text", code=invite.code, days=_days(ctx), uses=uses, join="\n".join(phrases))
     if ctx.settings.qr_invites:
         outbox.enqueue_qr_invite(
             ctx.session, member_id=ctx.member.id or 0, code=invite.code, now=ctx.now,
             expire_seconds=int(ctx.settings.invite_ttl.total_seconds()),
             text=ctx.t("invite_qr", days=_days(ctx), url="{url}"),  # the sender fills in {url}
         )
-        text += "\n\n" + ctx.t("invite_qr_follows")
-    return TextReply(text)
+        reply += "\n\n" + ctx.t("invite_qr_follows")
+    return TextReply(reply)
 
 
+# A pasted code says nothing about the member's language: it was written by the inviter.
 @router.command("join", en=["join"], zh=["加入"], summary="summary_join",
-                usage_en="join CODE", usage_zh="加入 邀请码")
+                usage_en="join CODE", usage_zh="加入 邀请码", sets_language=False)
 def join_command(ctx: Context, args: str) -> Reply:
     """Use an invite code."""
     if not args.strip():
@@ -51,12 +58,14 @@ def join_command(ctx: Context, args: str) -> Reply:
 
 def join_with_code(ctx: Context, raw_code: str, *, source: str) -> Reply:
     """Connect the member with the code's inviter, and tell both; refusals change nothing."""
-    code = invites.clean_code(raw_code)
+    # Only the first word: a pasted invite may carry the other language's line after it.
+    typed, _ = split_first(raw_code)
+    code = invites.clean_code(typed)
     me = ctx.member.id or 0
     invite = invites.get_for_update(ctx.session, code=code) if code else None
     inviter = members.by_id(ctx.session, member_id=invite.inviter_id) if invite else None
     if invite is None or inviter is None or inviter.status != MemberStatus.ACTIVE:
-        return TextReply(ctx.t("join_unknown", code=code or raw_code.strip()[:20]))
+        return TextReply(ctx.t("join_unknown", code=code[:20] or typed[:20]))
     if invite.inviter_id == me:
         return TextReply(ctx.t("join_own"))
     if invite.expires_at <= ctx.now:
@@ -66,21 +75,50 @@ def join_with_code(ctx: Context, raw_code: str, *, source: str) -> Reply:
     if graph.are_connected(ctx.session, a=me, b=invite.inviter_id):
         name = display_name(ctx, viewer_id=me, owner_id=invite.inviter_id, lang=ctx.lang)
         return TextReply(ctx.t("join_already", name=name))
-    graph.connect(ctx.session, a=me, b=invite.inviter_id, source=source, now=ctx.now)
+    if not graph.connect(ctx.session, a=me, b=invite.inviter_id, source=source, now=ctx.now):
+        # Another worker connected us a moment ago (each of us used the other's code).
+        name = display_name(ctx, viewer_id=me, owner_id=invite.inviter_id, lang=ctx.lang)
+        return TextReply(ctx.t("join_already", name=name))
     invites.use(ctx.session, invite=invite)
     # Names are looked up once connected: before that, neither may see the other's card.
     inviter_name = display_name(ctx, viewer_id=me, owner_id=invite.inviter_id, lang=ctx.lang)
-    joiner_name = display_name(ctx, viewer_id=invite.inviter_id, owner_id=me,
-                                     lang=inviter.lang or "zh")
+    inviter_lang = inviter.lang or DEFAULT_LANG
+    seen = what_may_see(ctx.session, viewer_id=invite.inviter_id, owner_id=me).get("name")
+    if not seen:
+        # They are told the name once the joiner has set one (tell_waiting_inviters).
+        graph.set_name_pending(ctx.session, member_id=invite.inviter_id, contact_id=me, pending=True)
+    joiner_name = str(seen) if seen else text(inviter_lang, "unnamed")
     inviter_number = _number_of(ctx, member_id=invite.inviter_id, contact_id=me)
-    outbox.enqueue(
-        ctx.session, member_id=invite.inviter_id, now=ctx.now, priority=outbox.PRIORITY_DECISION,
-        reply=strength_question(ctx, inviter, ctx.text_for(inviter, "invite_accepted", name=joiner_name),
-                                number=inviter_number, name=joiner_name),
-    )
+    tell(ctx.session, member_id=invite.inviter_id, now=ctx.now, priority=outbox.PRIORITY_DECISION,
+         reply=strength_question(ctx, inviter, ctx.text_for(inviter, "invite_accepted", name=joiner_name),
+                                 number=inviter_number, name=joiner_name))
     my_number = _number_of(ctx, member_id=me, contact_id=invite.inviter_id)
     lead = ctx.t("join_done", name=inviter_name)
     return strength_question(ctx, ctx.member, lead, number=my_number, name=inviter_name)
+
+
+def tell_waiting_inviters(session: Session, *, member_id: int, now: datetime) -> int:
+    """The member has a name now: tell whoever they joined without one, once; how many were told."""
+    told = 0
+    for row in graph.waiting_for_name(session, contact_id=member_id):
+        inviter = row.contact_id
+        seen = what_may_see(session, viewer_id=inviter, owner_id=member_id).get("name")
+        if not seen or not graph.set_name_pending(session, member_id=inviter, contact_id=member_id,
+                                                  pending=False):
+            continue  # a name they may not see is no name to them: keep waiting
+        lang = members_lang(session, inviter)
+        tell(session, member_id=inviter, now=now, priority=outbox.PRIORITY_FOLLOW_UP,
+             key=f"named:{inviter}:{member_id}",
+             reply=TextReply(text(lang, "invite_named", name=seen, n=row.number,
+                                  date=local_date(row.since))))
+        told += 1
+    return told
+
+
+def members_lang(session: Session, member_id: int) -> str:
+    """A member's reply language."""
+    member = members.by_id(session, member_id=member_id)
+    return member.lang if member and member.lang else DEFAULT_LANG
 
 
 def display_name(ctx: Context, *, viewer_id: int, owner_id: int, lang: str) -> str:
@@ -136,10 +174,11 @@ def contacts_command(ctx: Context, args: str) -> Reply:
                 usage_en="strength N 1|2|3", usage_zh="熟悉度 编号 1|2|3")
 def strength_command(ctx: Context, args: str) -> Reply:
     """Say how well I know contact N: 1 met once, 2 worked or studied together, 3 close."""
-    parts = args.split()
-    if len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[1]) not in STRENGTHS:
+    parts = [parse_number(p) for p in args.split()]
+    if len(parts) != 2 or parts[0] is None or parts[1] not in STRENGTHS:
         return TextReply(ctx.t("strength_usage"))
-    number, level = int(parts[0]), int(parts[1])
+    number, level = parts[0], parts[1]
+    assert level is not None
     rows = graph.contacts(ctx.session, member_id=ctx.member.id or 0)
     row = next((r for r in rows if r.number == number), None)
     if row is None:

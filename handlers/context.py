@@ -22,6 +22,7 @@ class Settings:
     public_url: str = "http://127.0.0.1:8080"
     qr_invites: bool = False  # True when the WeChat API is configured
     deletion_grace: timedelta = timedelta(days=7)
+    default_timezone: str = "Asia/Shanghai"  # scheduler.timezone: digests of members who set none
     # Introductions (PRODUCT.md, Introductions): limits and how long a step waits.
     intro_max_open: int = 3  # open requests per requester
     intro_connector_weekly: int = 5  # requests a connector is asked to pass on, rolling 7 days

@@ -61,7 +61,7 @@ def route_text(ctx: Context, text: str) -> Reply:
     if match is None:
         reply = basics.unknown(ctx)
     else:
-        if ctx.member.lang is None:
+        if ctx.member.lang is None and match.command.sets_language:
             # The member's first command decides their language until they say `lang`.
             members.set_lang(ctx.session, member=ctx.member, lang=match.lang, explicit=False)
         reply = match.command.handler(ctx, match.args)

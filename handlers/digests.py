@@ -8,6 +8,9 @@ renders the digests in each member's language, and queues them under the unique 
 
 from __future__ import annotations
 
+import functools
+import unicodedata
+import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -56,6 +59,34 @@ def digest_command(ctx: Context, args: str) -> Reply:
     return TextReply(ctx.t(f"digest_set_{chosen}"))
 
 
+@functools.cache
+def _zones() -> dict[str, str]:
+    """Every IANA time zone name this machine knows, by its case-folded form."""
+    return {name.casefold(): name for name in zoneinfo.available_timezones()}
+
+
+@router.command("timezone", en=["timezone", "time zone", "tz"], zh=["时区"], summary="summary_timezone",
+                usage_en="timezone ZONE", usage_zh="时区 时区名")
+def timezone_command(ctx: Context, args: str) -> Reply:
+    """Show or set the time zone my digest follows (an IANA name such as Europe/Berlin)."""
+    mid = ctx.member.id or 0
+    typed = args.strip()
+    if not typed:
+        _, current = privacy.digest_settings(ctx.session, member_id=mid)
+        return TextReply(_zone_state(ctx, current or ctx.settings.default_timezone, "timezone_state"))
+    name = _zones().get(unicodedata.normalize("NFKC", typed).casefold().replace(" ", "_"))
+    if name is None:
+        return TextReply(ctx.t("timezone_unknown", zone=typed[:40]))
+    privacy.set_timezone(ctx.session, member_id=mid, timezone=name)
+    return TextReply(_zone_state(ctx, name, "timezone_set"))
+
+
+def _zone_state(ctx: Context, name: str, key: str) -> str:
+    local = ctx.now.astimezone(store.zone(name, ctx.settings.default_timezone))
+    return ctx.t(key, zone=name, time=local.strftime("%H:%M"),
+                 offset=local.strftime("%z")[:3] + ":" + local.strftime("%z")[3:])
+
+
 # --- building digests ---
 
 @dataclass
@@ -83,6 +114,8 @@ class _Names:
     def __init__(self) -> None:
         self.wanted: dict[tuple[int, int], int | None] = {}  # (viewer, owner) -> degree when known
         self.resolved: dict[tuple[int, int], str | None] = {}
+        # Whose card data each viewer's digest shows (names, asks): its outbox mentions.
+        self.shown: dict[int, set[int]] = {}
 
     def want(self, viewer: int, owner: int | None, degree: int | None = None) -> None:
         if owner is None:
@@ -120,6 +153,8 @@ class _Names:
             self.resolved[(viewer, owner)] = name if may_see(level, found) else None
 
     def get(self, viewer: int, owner: int | None, lang: str) -> str:
+        if owner is not None:
+            self.shown.setdefault(viewer, set()).add(owner)
         name = self.resolved.get((viewer, owner or 0)) if owner is not None else None
         return name or texts.text(lang, "unnamed")
 
@@ -266,6 +301,9 @@ def process_batch(
     resting = store.paused(session, member_ids=candidates, now=now)
     followed = store.with_follow_ups(session, member_ids=ids, now=now)
 
+    # A stealth member is named to nobody beyond their own connections: in network news they
+    # are "someone". (Their introductions name them to the people on the path, as asked.)
+    hidden = store.stealthy(session, member_ids={m for es in edges.values() for e in es for m in (e.a, e.b)})
     names = _Names()
     digests: list[_Digest] = []
     for c, p in todo:
@@ -288,6 +326,10 @@ def process_batch(
         for a, b in sorted(pairs):
             # Say it from the side of my contact; when both are my contacts, once.
             contact, new = (a, b) if a in mine else (b, a)
+            if new not in mine and new in hidden:
+                d.network.append((contact, None))
+                names.want(me, contact, 1)
+                continue
             d.network.append((contact, new))
             names.want(me, contact, 1)  # an active contact: 1st degree
             names.want(me, new, 1 if new in mine else 2)  # an active contact's contact
@@ -327,7 +369,9 @@ def process_batch(
                                   reply_to_json(reply), OutboxStatus.PENDING, outbox.PRIORITY_DIGEST, key, now))
         if crash_after is not None and crash_after(n):
             raise CrashForTest(f"simulated crash after {n} digests of this batch")
-    queued = store.queue_many(session, rows=sent_rows)
+    queued = store.queue_many(session, rows=sent_rows,
+                              mentions={store.dedupe_key(d.member_id, d.period): names.shown.get(d.member_id, set())
+                                        for d in digests})
     empty = store.queue_many(session, rows=empty_rows)
     return BatchResult(last_id=last_id, queued=queued, empty=empty, done_before=len(due) - len(todo))
 

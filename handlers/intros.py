@@ -17,8 +17,10 @@ from handlers import texts
 from handlers.connections import ask_strength, contact_number
 from handlers.context import Context, Settings
 from handlers.dates import local_date
+from handlers.outgoing import tell
 from handlers.replies import Choice, ChoicesReply, NoReply, Reply, TextReply
-from handlers.router import Router
+from handlers.fields import clean
+from handlers.router import Router, parse_number, split_first
 from handlers.visibility import visible_name, what_may_see
 from storage import followups, graph, members, outbox, privacy, search
 from storage import intros as store
@@ -57,8 +59,8 @@ def _card(session: Session, *, viewer_id: int, owner_id: int, lang: str) -> str:
 
 def _send(session: Session, *, member_id: int, reply: Reply, now: datetime, key: str) -> None:
     # Every key starts with "intro:{id}:", so that erasing an introduction takes its messages too.
-    outbox.enqueue(session, member_id=member_id, reply=reply, now=now,
-                   priority=outbox.PRIORITY_DECISION, dedupe_key=key)
+    tell(session, member_id=member_id, reply=reply, now=now,
+                   priority=outbox.PRIORITY_DECISION, key=key)
 
 
 def _commands(lang: str, step_id: int) -> tuple[str, str]:
@@ -121,6 +123,12 @@ def ask(session: Session, *, step: StepView, intro: IntroView, lang: str, settin
         bname = visible_name(session, viewer_id=actor, owner_id=intro.broker_id or 0, lang=lang)
         parts = [texts.text(lang, "introduce_ask", broker=bname, other=oname),
                  _card(session, viewer_id=actor, owner_id=other, lang=lang)]
+        if intro.ask_text:
+            # A nudge-started introduction: the words are the requester's ask, not the broker's.
+            if actor == requester:
+                parts.append(texts.text(lang, "introduce_your_ask", ask=intro.ask_text))
+            else:
+                parts.append(texts.text(lang, "introduce_their_ask", name=oname, ask=intro.ask_text))
         if intro.note:
             parts.append(texts.text(lang, "intro_note", name=bname, note=intro.note))
         labels = ("choice_accept", "choice_decline")
@@ -226,31 +234,34 @@ def _complete(session: Session, *, intro: IntroView, now: datetime, decider: int
 
 # --- commands ---
 
-def _note(raw: str) -> str:
-    return "".join(ch for ch in raw if ch.isprintable()).strip()
-
-
 @router.command("intro", en=["intro"], zh=["引荐"], summary="summary_intro",
                 usage_en="intro N [NOTE]", usage_zh="引荐 编号 [留言]")
 def intro_command(ctx: Context, args: str) -> Reply:
     """Ask for an introduction to result N of my last search."""
-    number, _, rest = args.strip().lstrip("#").partition(" ")
-    if not number.isdigit():
+    raw, rest = split_first(args)
+    number = parse_number(raw)
+    if number is None:
         return TextReply(ctx.t("intro_usage"))
-    note = _note(rest)
+    note = clean(rest)
     if len(note) > NOTE_MAX:
         return TextReply(ctx.t("note_too_long", max=NOTE_MAX, got=len(note)))
     me, s, st = ctx.member.id or 0, ctx.session, ctx.settings
-    hit = search.last_result(s, member_id=me, n=int(number))
+    hit = search.last_result(s, member_id=me, n=number)
     if hit is None:
-        return TextReply(ctx.t("intro_no_result", n=int(number)))
+        return TextReply(ctx.t("intro_no_result", n=number))
     target_id = hit.target_id
     name = visible_name(s, viewer_id=me, owner_id=target_id, lang=ctx.lang)
     target = members.by_id(s, member_id=target_id)
     if target is None or target.status != MemberStatus.ACTIVE or target_id == me:
         return TextReply(ctx.t("intro_path_gone", name=name))
-    if hit.degree <= 1 or graph.are_connected(s, a=me, b=target_id):
+    # A search result does not outlive a change of mind: what find checked is checked again now.
+    degree = graph.degree(s, viewer_id=me, owner_id=target_id)
+    if degree == 1:
         return TextReply(ctx.t("intro_first_degree", name=name))
+    prefs = privacy.get(s, member_id=target_id)
+    if degree is None or degree != hit.degree or prefs.stealth:
+        # A stealth member is reached only through their own contacts' choice; say no more.
+        return TextReply(ctx.t("intro_path_gone", name=name))
     mine = store.open_requests(s, requester_id=me)
     if any(i.target_id == target_id for i in mine):
         return TextReply(ctx.t("intro_open_same", name=name))
@@ -260,23 +271,37 @@ def intro_command(ctx: Context, args: str) -> Reply:
     if failed is not None:
         return TextReply(ctx.t("intro_cooldown", name=name, days=_days(st.intro_cooldown),
                                date=local_date(failed + st.intro_cooldown)))
-    if privacy.get(s, member_id=target_id).paused(ctx.now):
+    if prefs.paused(ctx.now):
         return TextReply(ctx.t("intro_target_paused", name=name))
-    path = _path(ctx, me, target_id, hit.degree, hit.path)
-    if isinstance(path, str):
-        return TextReply(ctx.t(path, name=name, max=st.intro_connector_weekly))
+    found = _path(ctx, me, target_id, hit.degree, hit.path)
+    if isinstance(found, str):
+        return TextReply(ctx.t(found, name=name, max=st.intro_connector_weekly))
+    path, shown = found
     intro = store.create_intro(s, kind=store.KIND_REQUEST, requester_id=me, target_id=target_id,
                                broker_id=None, note=note, path=path, now=ctx.now)
     step = store.add_step(s, intro_id=intro.id, seq=1, actor_id=path[1], role=store.ROLE_CONNECTOR,
                           now=ctx.now, ttl=st.intro_step_ttl)
     _ask_actor(s, step=step, intro=intro, now=ctx.now, settings=st)
-    return TextReply(ctx.t("intro_sent", name=name, days=_days(st.intro_step_ttl)))
+    days = _days(st.intro_step_ttl)
+    if shown is not None and shown != path[1]:
+        via = visible_name(s, viewer_id=me, owner_id=path[1], lang=ctx.lang)
+        was = visible_name(s, viewer_id=me, owner_id=shown, lang=ctx.lang)
+        return TextReply(ctx.t("intro_sent_instead", name=name, via=via, shown=was, days=days))
+    # "via X" was in the search already; a decline later must not point at anyone, so the
+    # answer does not repeat it.
+    return TextReply(ctx.t("intro_sent", name=name, days=days))
 
 
-def _path(ctx: Context, me: int, target_id: int, degree: int, stored: list[int]) -> list[int] | str:
-    """The path the request takes, or the catalogue key of why there is none."""
+def _path(ctx: Context, me: int, target_id: int, degree: int,
+          stored: list[int]) -> tuple[list[int], int | None] | str:
+    """The path the request takes and the first hop find showed, or the key of why there is none.
+
+    The connector find showed ("via X") is the one asked, unless X can no longer help; then
+    the best other mutual contact is, and the requester is told.
+    """
     s, st, now = ctx.session, ctx.settings, ctx.now
     since = now - CONNECTOR_WINDOW
+    shown = stored[1] if len(stored) == degree + 1 and stored[0] == me and stored[-1] == target_id else None
     if degree == 2:
         mutual = store.mutual_contacts(s, a=me, b=target_id)
         if not mutual:
@@ -288,6 +313,8 @@ def _path(ctx: Context, me: int, target_id: int, degree: int, stored: list[int])
         free = [m for m in awake if load[m[0]] < st.intro_connector_weekly]
         if not free:
             return "intro_connectors_busy"
+        if shown in {m[0] for m in free}:
+            return [me, shown, target_id], shown
         resp = store.responsiveness(s, member_ids=[m[0] for m in free])
 
         def rank(m: tuple[int, int | None, int | None]) -> tuple[int, int, int, int, int]:
@@ -295,8 +322,8 @@ def _path(ctx: Context, me: int, target_id: int, degree: int, stored: list[int])
             pending, expired = resp[m[0]]
             return (-min(to_r, to_t), -(to_r + to_t), pending, expired, m[0])
 
-        return [me, min(free, key=rank)[0], target_id]
-    if degree == 3 and len(stored) == 4 and stored[0] == me and stored[-1] == target_id:
+        return [me, min(free, key=rank)[0], target_id], shown
+    if degree == 3 and shown is not None:
         hops = stored[1:3]
         for x, y in itertools.pairwise(stored):
             if not graph.are_connected(s, a=x, b=y):
@@ -310,7 +337,7 @@ def _path(ctx: Context, me: int, target_id: int, degree: int, stored: list[int])
         load = store.connector_load(s, member_ids=hops, since=since)
         if any(load[h] >= st.intro_connector_weekly for h in hops):
             return "intro_connectors_busy"
-        return list(stored)
+        return list(stored), shown
     return "intro_path_gone"
 
 
@@ -318,20 +345,22 @@ def _path(ctx: Context, me: int, target_id: int, degree: int, stored: list[int])
                 usage_en="introduce A B [NOTE]", usage_zh="介绍 编号A 编号B [留言]")
 def introduce_command(ctx: Context, args: str) -> Reply:
     """As a connector, introduce two of my contacts to each other."""
-    parts = args.strip().split(" ", 2)
-    if len(parts) < 2 or not (parts[0].isdigit() and parts[1].isdigit()):
+    first, rest = split_first(args)
+    second, rest = split_first(rest)
+    na, nb = parse_number(first), parse_number(second)
+    if na is None or nb is None:
         return TextReply(ctx.t("introduce_usage"))
-    note = _note(parts[2]) if len(parts) > 2 else ""
+    note = clean(rest)
     if len(note) > NOTE_MAX:
         return TextReply(ctx.t("note_too_long", max=NOTE_MAX, got=len(note)))
     me, s, st = ctx.member.id or 0, ctx.session, ctx.settings
     rows = {r.number: r for r in graph.contacts(s, member_id=me)}
-    for n in (int(parts[0]), int(parts[1])):
+    for n in (na, nb):
         if n not in rows:
             return TextReply(ctx.t("contact_number_unknown", n=n, count=len(rows)))
-    if parts[0] == parts[1] or int(parts[0]) == int(parts[1]):
+    if na == nb:
         return TextReply(ctx.t("introduce_same"))
-    a, b = rows[int(parts[0])].contact_id, rows[int(parts[1])].contact_id
+    a, b = rows[na].contact_id, rows[nb].contact_id
     aname = visible_name(s, viewer_id=me, owner_id=a, lang=ctx.lang)
     bname = visible_name(s, viewer_id=me, owner_id=b, lang=ctx.lang)
     started = start_broker(s, broker_id=me, a=a, b=b, note=note, now=ctx.now, settings=st)
@@ -342,20 +371,26 @@ def introduce_command(ctx: Context, args: str) -> Reply:
 
 
 def start_broker(session: Session, *, broker_id: int, a: int, b: int, note: str, now: datetime,
-                 settings: Settings) -> IntroView | tuple[str, int | None]:
+                 settings: Settings, ask_text: str | None = None) -> IntroView | tuple[str, int | None]:
     """Start a broker introduction of a and b by broker_id (`introduce`, or Introduce on a nudge).
 
-    Returns the new introduction, or the catalogue key of why not and whom it concerns.
+    `ask_text` is a's ask when a referral nudge started it. Returns the new introduction, or
+    the catalogue key of why not and whom it concerns.
     """
     if graph.are_connected(session, a=a, b=b):
         return "introduce_connected", None
     if store.open_broker_between(session, a=a, b=b):
         return "introduce_open", None
+    if store.pair_failed_since(session, a=a, b=b, since=now - settings.intro_cooldown):
+        # A decline is respected: nobody proposes the pair again for the cool-down, and the
+        # broker is not told who declined what.
+        return "introduce_not_now", None
     for who in (a, b):
         if privacy.get(session, member_id=who).paused(now):
             return "introduce_paused", who
     intro = store.create_intro(session, kind=store.KIND_BROKER, requester_id=a, target_id=b,
-                               broker_id=broker_id, note=note, path=[a, broker_id, b], now=now)
+                               broker_id=broker_id, note=note, path=[a, broker_id, b], now=now,
+                               ask_text=ask_text)
     for who in (a, b):
         step = store.add_step(session, intro_id=intro.id, seq=1, actor_id=who, role=store.ROLE_PARTY,
                               now=now, ttl=settings.intro_step_ttl)
@@ -415,10 +450,11 @@ _FINISHED = {store.ACCEPTED: "decide_already_accepted", store.DECLINED: "decide_
 
 
 def _decide(ctx: Context, args: str, *, accept: bool) -> Reply:
-    raw_id, _, rest = args.strip().lstrip("#").partition(" ")
-    if not raw_id.isdigit():
+    raw_id, rest = split_first(args)
+    parsed = parse_number(raw_id)
+    if parsed is None:
         return TextReply(ctx.t("decide_usage"))
-    step_id, me, s, now = int(raw_id), ctx.member.id or 0, ctx.session, ctx.now
+    step_id, me, s, now = parsed, ctx.member.id or 0, ctx.session, ctx.now
     found = store.get_step(s, step_id=step_id)
     if found is None or found.actor_id != me:
         return TextReply(ctx.t("decide_unknown", id=step_id))  # the same for someone else's step
@@ -431,7 +467,7 @@ def _decide(ctx: Context, args: str, *, accept: bool) -> Reply:
     if step.expires_at is not None and step.expires_at <= now:
         # The job has not got to it yet; the answer is the same as after it has.
         return TextReply(ctx.t("decide_expired", id=step_id))
-    vouch = _note(rest) if accept and step.role == store.ROLE_CONNECTOR else ""
+    vouch = clean(rest) if accept and step.role == store.ROLE_CONNECTOR else ""
     if len(vouch) > VOUCH_MAX:
         return TextReply(ctx.t("vouch_too_long", max=VOUCH_MAX, got=len(vouch)))
     if not store.decide(s, step_id=step_id, actor_id=me, status=store.ACCEPTED if accept else store.DECLINED,

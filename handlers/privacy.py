@@ -8,7 +8,7 @@ from handlers import fields
 from handlers.context import Context
 from handlers.dates import local_minute
 from handlers.replies import Reply, TextReply
-from handlers.router import Router, normalize
+from handlers.router import Router, normalize, parse_number
 from storage import privacy
 from storage.cards import FIELD_NAMES
 
@@ -29,6 +29,8 @@ def privacy_command(ctx: Context, args: str) -> Reply:
         level, extra = fields.split_alias(rest, fields.LEVEL_ALIASES) if field_name else (None, "")
         if field_name is None or level is None or extra:
             return TextReply(ctx.t("privacy_usage"))
+        if level not in privacy.allowed_levels(field_name):
+            return TextReply(ctx.t("privacy_contact_network"))
         privacy.set_level(ctx.session, member_id=mid, field_name=field_name, level=level)
         return TextReply(ctx.t("privacy_saved", field=ctx.t(f"field_{field_name}"), level=ctx.t(f"level_{level}")))
     prefs = privacy.get(ctx.session, member_id=mid)
@@ -58,10 +60,9 @@ def stealth_command(ctx: Context, args: str) -> Reply:
                 usage_en="pause DAYS", usage_zh="暂停 天数")
 def pause_command(ctx: Context, args: str) -> Reply:
     """No introduction requests or nudges for N days; `pause 0` resumes."""
-    raw = normalize(args).removesuffix("天").removesuffix("days").removesuffix("day").strip()
-    if not raw.isdigit() or int(raw) > MAX_PAUSE_DAYS:
+    days = parse_number(normalize(args).removesuffix("天").removesuffix("days").removesuffix("day"))
+    if days is None or days > MAX_PAUSE_DAYS:
         return TextReply(ctx.t("pause_usage", max=MAX_PAUSE_DAYS))
-    days = int(raw)
     until = ctx.now + timedelta(days=days) if days else None
     privacy.set_pause(ctx.session, member_id=ctx.member.id or 0, until=until)
     if until is None:

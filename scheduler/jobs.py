@@ -55,6 +55,18 @@ async def prune_pushes(deps: JobDeps, now: datetime) -> str:
     return f"removed {removed} push keys older than {PUSH_KEY_RETENTION.days} days"
 
 
+# What we sent can quote other members' cards; a week is long enough to look into a complaint.
+SENT_TEXT_RETENTION = timedelta(days=7)
+
+
+async def prune_outbox(deps: JobDeps, now: datetime) -> str:
+    """Drop the texts of messages sent (or given up) more than a week ago; their rows stay counted."""
+    from storage import outbox
+
+    redacted = await deps.db.run(outbox.redact_sent, before=now - SENT_TEXT_RETENTION)
+    return f"dropped the texts of {redacted} messages sent more than {SENT_TEXT_RETENTION.days} days ago"
+
+
 async def purge_deactivated(deps: JobDeps, now: datetime) -> str:
     """Delete the personal data of members who unsubscribed longer ago than the grace period."""
     cutoff = now - timedelta(days=deps.config.privacy.deletion_grace_days)
@@ -154,5 +166,7 @@ JOBS: dict[str, JobSpec] = {
                 "ask whether people met a week after their introduction"),
         JobSpec("digests", digests, {"minute": "7,22,37,52"},
                 "queue each member's weekly or daily digest once it is 09:00 their time"),
+        JobSpec("prune-outbox", prune_outbox, {"hour": "4", "minute": "29"},
+                "drop the texts of messages sent more than 7 days ago"),
     ]
 }

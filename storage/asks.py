@@ -16,16 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from storage import cards as card_store
-from storage import privacy
-from storage.models import (
-    Ask,
-    Connection,
-    Member,
-    MemberStatus,
-    Nudge,
-    OutboxAttempt,
-    OutboxMessage,
-)
+from storage import outbox, privacy
+from storage.models import Ask, Connection, Member, MemberStatus, Nudge
 from storage.search import tokenize
 from storage.sql import insert_ignore
 
@@ -33,8 +25,6 @@ _ask = Ask.__table__  # type: ignore[attr-defined]
 _nudge = Nudge.__table__  # type: ignore[attr-defined]
 _conn = Connection.__table__  # type: ignore[attr-defined]
 _member = Member.__table__  # type: ignore[attr-defined]
-_outbox = OutboxMessage.__table__  # type: ignore[attr-defined]
-_attempt = OutboxAttempt.__table__  # type: ignore[attr-defined]
 
 ASK_MAX = 200
 ASK_TTL = timedelta(days=30)
@@ -310,21 +300,15 @@ def decide_nudge(session: Session, *, nudge_id: int, connector_id: int, status: 
     return int(result.rowcount) == 1  # type: ignore[attr-defined]
 
 
-def _forget_queued(session: Session, pattern: str) -> None:
-    queued = sa.select(_outbox.c.id).where(_outbox.c.dedupe_key.like(pattern))
-    session.execute(sa.delete(_attempt).where(_attempt.c.outbox_id.in_(queued)))
-    session.execute(sa.delete(_outbox).where(_outbox.c.dedupe_key.like(pattern)))
-
-
 def erase_member(session: Session, *, member_id: int) -> None:
     """Delete the member's asks, every nudge about them or sent to them, and the queued nudges."""
     own = [a.id for a in of_member(session, member_id=member_id)]
     for ask_id in own:
-        _forget_queued(session, f"nudge:{ask_id}:%")
+        outbox.forget_by_key(session, pattern=f"nudge:{ask_id}:%")
     about = session.execute(sa.select(_nudge.c.ask_id, _nudge.c.candidate_id).where(sa.or_(
         _nudge.c.candidate_id == member_id, _nudge.c.connector_id == member_id))).all()
     for ask_id, candidate_id in about:
-        _forget_queued(session, f"nudge:{ask_id}:{candidate_id}")
+        outbox.forget_by_key(session, pattern=f"nudge:{ask_id}:{candidate_id}")
     session.execute(sa.delete(_nudge).where(sa.or_(
         _nudge.c.ask_id.in_(own), _nudge.c.candidate_id == member_id, _nudge.c.connector_id == member_id)))
     session.execute(sa.delete(_ask).where(_ask.c.member_id == member_id))

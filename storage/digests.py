@@ -303,6 +303,15 @@ def names_and_levels(session: Session, *, member_ids: set[int]) -> dict[int, tup
     return {mid: (names.get(mid), dict(json.loads(levels.get(mid) or "{}"))) for mid in ids}
 
 
+def stealthy(session: Session, *, member_ids: set[int]) -> set[int]:
+    """Which of these members are in stealth (never named beyond their own connections)."""
+    if not member_ids:
+        return set()
+    rows = session.execute(sa.select(_settings.c.member_id).where(
+        _settings.c.member_id.in_(sorted(member_ids)), _settings.c.stealth.is_(True))).scalars()
+    return {int(x) for x in rows}
+
+
 def second_degree_pairs(session: Session, *, pairs: set[tuple[int, int]]) -> set[tuple[int, int]]:
     """Which (viewer, owner) pairs have an active mutual contact, the owner active (2nd degree)."""
     if not pairs:
@@ -385,17 +394,24 @@ def paused(session: Session, *, member_ids: set[int], now: datetime) -> set[int]
     return {int(x) for x in rows}
 
 
-def queue_many(session: Session, *, rows: list[dict[str, Any]]) -> int:
+def queue_many(session: Session, *, rows: list[dict[str, Any]],
+               mentions: dict[str, set[int]] | None = None) -> int:
     """Insert outbox rows at once, skipping keys queued before; how many were new.
 
     The batch's digests go in one statement: one INSERT per member was most of a run's time.
+    `mentions` maps a row's dedupe key to the members whose card data it shows.
     """
     if not rows:
         return 0
     from sqlalchemy.dialects import postgresql, sqlite
 
+    from storage.outbox import add_mentions
     from storage.sql import dialect
 
     ins: Any = postgresql.insert(_outbox) if dialect(session) == "postgresql" else sqlite.insert(_outbox)
-    stmt = ins.on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(_outbox.c.id)
-    return len(session.execute(stmt, rows).all())
+    stmt = ins.on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(_outbox.c.id,
+                                                                              _outbox.c.dedupe_key)
+    made = session.execute(stmt, rows).all()
+    if mentions:
+        add_mentions(session, mentions={int(i): mentions.get(str(k), set()) for i, k in made})
+    return len(made)

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from storage import asks, followups, members, pushes, search
+from storage import asks, followups, members, outbox, pushes, search
 from storage import intros as intro_store
 from storage.members import MemberRecord
 from storage.models import (
@@ -27,7 +27,6 @@ from storage.models import (
     Member,
     MemberSettings,
     MemberStatus,
-    OutboxAttempt,
     OutboxMessage,
     OutboxStatus,
 )
@@ -48,11 +47,11 @@ def erase_member(session: Session, *, member: MemberRecord, keep_push_key: Optio
     # Their introductions go whole, with the messages about them still queued for others.
     intro_store.erase_member(session, member_id=mid)
     _forget_unsent_digests_around(session, member_id=mid)
-    outbox_ids = sa.select(col(OutboxMessage.id)).where(col(OutboxMessage.member_id) == mid)
-    session.execute(sa.delete(OutboxAttempt).where(col(OutboxAttempt.outbox_id).in_(outbox_ids)))
+    # Messages to others that show this member's card data lose it, sent or not; their own go.
+    outbox.erase_mentions(session, member_id=mid)
+    outbox.forget_member(session, member_id=mid)
     search.forget_member(session, member_id=mid)
     for stmt in (
-        sa.delete(OutboxMessage).where(col(OutboxMessage.member_id) == mid),
         sa.delete(ExportLink).where(col(ExportLink.member_id) == mid),
         sa.delete(Dialog).where(col(Dialog.member_id) == mid),
         sa.delete(Invite).where(col(Invite.inviter_id) == mid),
@@ -90,10 +89,7 @@ def _forget_unsent_digests_around(session: Session, *, member_id: int) -> None:
                col(OutboxMessage.status).in_([OutboxStatus.PENDING, OutboxStatus.HELD]),
                sa.or_(col(OutboxMessage.member_id).in_(first), col(OutboxMessage.member_id).in_(second)))
     )
-    ids = list(session.execute(unsent).scalars())
-    if ids:
-        session.execute(sa.delete(OutboxAttempt).where(col(OutboxAttempt.outbox_id).in_(ids)))
-        session.execute(sa.delete(OutboxMessage).where(col(OutboxMessage.id).in_(ids)))
+    outbox.delete_rows(session, outbox_ids=[i for i in session.execute(unsent).scalars() if i is not None])
 
 
 def deactivated_before(session: Session, *, cutoff: datetime, limit: int = 500) -> list[MemberRecord]:

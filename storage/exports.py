@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from storage import asks, cards, followups, graph, intros, privacy
+from storage import asks, cards, followups, intros, privacy
 from storage.models import ExportLink, Invite, Member
 
 LINK_TTL = timedelta(hours=24)
@@ -43,14 +43,16 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def collect(session: Session, *, member_id: int) -> dict[str, Any]:
-    """All of a member's data: card, settings, connections, invites, introductions, asks."""
+    """All of a member's own data: card, settings, invites, introductions, asks, follow-ups.
+
+    Their connections' cards are not theirs: handlers.rights adds them as the member may see them.
+    """
     member = session.get(Member, member_id)
     if member is None:
         return {}
     card_row = cards.get(session, member_id=member_id)
     prefs = privacy.get(session, member_id=member_id)
     digest = privacy.digest_settings(session, member_id=member_id)
-    contacts = graph.contacts(session, member_id=member_id)
     invites = (session.execute(
         sa.select(Invite).where(col(Invite.inviter_id) == member_id).order_by(col(Invite.created_at))
     )).scalars().all()
@@ -62,7 +64,6 @@ def collect(session: Session, *, member_id: int) -> dict[str, Any]:
         "settings": {"visibility": {f: prefs.level(f) for f in cards.FIELD_NAMES},
                      "stealth": prefs.stealth, "paused_until": _iso(prefs.paused_until),
                      "digest": digest[0], "timezone": digest[1]},
-        "connections": [{"name": c.name, "strength": c.strength, "since": _iso(c.since)} for c in contacts],
         "invites": [{"code": i.code, "created_at": _iso(i.created_at), "expires_at": _iso(i.expires_at),
                      "uses": i.uses, "max_uses": i.max_uses} for i in invites],
         "introductions": _introductions(session, member_id=member_id),
@@ -101,7 +102,6 @@ def _introductions(session: Session, *, member_id: int) -> list[dict[str, Any]]:
     return out
 
 
-def use_link(session: Session, *, token: str, now: datetime) -> dict[str, Any]:
-    """Consume a link and collect the data it unlocks; empty when the link is not valid."""
-    member_id = consume_link(session, token=token, now=now)
-    return collect(session, member_id=member_id) if member_id is not None else {}
+def iso(value: datetime | None) -> str | None:
+    """A time as the export writes it."""
+    return _iso(value)

@@ -14,13 +14,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from storage.models import FollowUp, Intro, OutboxAttempt, OutboxMessage
+from storage import outbox
+from storage.models import FollowUp, Intro
 from storage.sql import insert_ignore
 
 _fu = FollowUp.__table__  # type: ignore[attr-defined]
 _intro = Intro.__table__  # type: ignore[attr-defined]
-_outbox = OutboxMessage.__table__  # type: ignore[attr-defined]
-_attempt = OutboxAttempt.__table__  # type: ignore[attr-defined]
 
 FOLLOW_UP_AFTER = timedelta(days=7)
 LAST_ROUND = 2
@@ -127,10 +126,7 @@ def of_member(session: Session, *, member_id: int) -> list[FollowUpView]:
 def erase_intros(session: Session, *, intro_ids: list[int]) -> None:
     """Delete the follow-ups of introductions that are being erased, with their queued messages."""
     for intro_id in intro_ids:
-        pattern = f"followup:{intro_id}:%"
-        queued = sa.select(_outbox.c.id).where(_outbox.c.dedupe_key.like(pattern))
-        session.execute(sa.delete(_attempt).where(_attempt.c.outbox_id.in_(queued)))
-        session.execute(sa.delete(_outbox).where(_outbox.c.dedupe_key.like(pattern)))
+        outbox.forget_by_key(session, pattern=f"followup:{intro_id}:%")
     if intro_ids:
         session.execute(sa.delete(_fu).where(_fu.c.intro_id.in_(intro_ids)))
 

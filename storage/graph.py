@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from storage.models import Card, Connection, Member, MemberStatus
+from storage.models import Connection, Member, MemberStatus
 from storage.sql import RawStatement, insert_ignore
 
 _conn = Connection.__table__  # type: ignore[attr-defined]
@@ -64,7 +64,6 @@ class ContactRow:
 
     number: int
     contact_id: int
-    name: Optional[str]
     strength: Optional[int]
     since: datetime
 
@@ -75,15 +74,40 @@ def contacts(session: Session, *, member_id: int) -> list[ContactRow]:
     A contact who left is not listed, and their number is not given to anyone else.
     """
     stmt = (
-        sa.select(col(Connection.number), col(Connection.contact_id), col(Card.name),
-                  col(Connection.strength), col(Connection.created_at))
+        sa.select(col(Connection.number), col(Connection.contact_id), col(Connection.strength),
+                  col(Connection.created_at))
         .join(Member, col(Member.id) == col(Connection.contact_id))
-        .outerjoin(Card, col(Card.member_id) == col(Connection.contact_id))
         .where(col(Connection.member_id) == member_id, col(Member.status) == MemberStatus.ACTIVE)
         .order_by(col(Connection.number))
     )
-    return [ContactRow(number=n, contact_id=cid, name=name, strength=strength, since=since)
-            for n, cid, name, strength, since in session.execute(stmt).all()]
+    return [ContactRow(number=n, contact_id=cid, strength=strength, since=since)
+            for n, cid, strength, since in session.execute(stmt).all()]
+
+
+def set_name_pending(session: Session, *, member_id: int, contact_id: int, pending: bool) -> bool:
+    """Whether member_id still waits to learn contact_id's name; False when nothing changed."""
+    result = session.execute(
+        sa.update(_conn).where(_conn.c.member_id == member_id, _conn.c.contact_id == contact_id,
+                               _conn.c.name_pending.is_not(pending))
+        .values(name_pending=pending)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def waiting_for_name(session: Session, *, contact_id: int) -> list[ContactRow]:
+    """The active members who wait to learn contact_id's name, as rows of their own lists.
+
+    Each row's contact_id is the waiting member (the one to tell), its number the number
+    contact_id has in that member's list.
+    """
+    rows = session.execute(
+        sa.select(_conn.c.number, _conn.c.member_id, _conn.c.strength, _conn.c.created_at)
+        .join(Member.__table__, Member.__table__.c.id == _conn.c.member_id)  # type: ignore[attr-defined]
+        .where(_conn.c.contact_id == contact_id, _conn.c.name_pending.is_(True),
+               Member.__table__.c.status == MemberStatus.ACTIVE)  # type: ignore[attr-defined]
+        .order_by(_conn.c.member_id)
+    ).all()
+    return [ContactRow(number=n, contact_id=m, strength=st, since=at) for n, m, st, at in rows]
 
 
 def set_strength(session: Session, *, member_id: int, contact_id: int, strength: int) -> bool:

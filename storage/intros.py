@@ -16,22 +16,13 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from storage.models import (
-    Connection,
-    Intro,
-    IntroStep,
-    Member,
-    MemberStatus,
-    OutboxAttempt,
-    OutboxMessage,
-)
+from storage import outbox
+from storage.models import Connection, Intro, IntroStep, Member, MemberStatus
 
 _intro = Intro.__table__  # type: ignore[attr-defined]
 _step = IntroStep.__table__  # type: ignore[attr-defined]
 _conn = Connection.__table__  # type: ignore[attr-defined]
 _member = Member.__table__  # type: ignore[attr-defined]
-_outbox = OutboxMessage.__table__  # type: ignore[attr-defined]
-_attempt = OutboxAttempt.__table__  # type: ignore[attr-defined]
 
 KIND_REQUEST, KIND_BROKER = "request", "broker"
 ROLE_CONNECTOR, ROLE_TARGET, ROLE_PARTY = "connector", "target", "party"
@@ -55,6 +46,7 @@ class IntroView:
     status: str
     created_at: datetime
     finished_at: datetime | None
+    ask_text: str | None = None  # the requester's ask, when a referral nudge started it
 
 
 @dataclass(frozen=True)
@@ -77,7 +69,8 @@ class StepView:
 def _intro_view(row: Any) -> IntroView:
     return IntroView(id=row.id, kind=row.kind, requester_id=row.requester_id, target_id=row.target_id,
                      broker_id=row.broker_id, note=row.note, path=[int(x) for x in json.loads(row.path)],
-                     status=row.status, created_at=row.created_at, finished_at=row.finished_at)
+                     status=row.status, created_at=row.created_at, finished_at=row.finished_at,
+                     ask_text=row.ask_text)
 
 
 def _step_view(row: Any) -> StepView:
@@ -96,11 +89,12 @@ def create_intro(
     note: str,
     path: list[int],
     now: datetime,
+    ask_text: str | None = None,
 ) -> IntroView:
     """A new pending introduction (its steps are added with add_step)."""
     new_id = session.execute(sa.insert(_intro).values(
         kind=kind, requester_id=requester_id, target_id=target_id, broker_id=broker_id, note=note,
-        path=json.dumps(path), status=PENDING, created_at=now,
+        ask_text=ask_text, path=json.dumps(path), status=PENDING, created_at=now,
     ).returning(_intro.c.id)).scalar_one()
     intro = get_intro(session, intro_id=int(new_id))
     assert intro is not None
@@ -213,21 +207,40 @@ def open_requests(session: Session, *, requester_id: int) -> list[IntroView]:
     return [_intro_view(r) for r in rows]
 
 
-def last_failure(session: Session, *, requester_id: int, target_id: int, since: datetime) -> datetime | None:
-    """When the requester's latest request for this target ended without success, if after `since`.
-
-    Declines and expiries count alike: the requester was told the same about both, and a
-    different cool-down would tell them which it was.
-    """
+def _failed_since(session: Session, pair: Any, since: datetime) -> datetime | None:
     stmt = sa.select(sa.func.max(_intro.c.finished_at)).where(
-        _intro.c.kind == KIND_REQUEST, _intro.c.requester_id == requester_id,
-        _intro.c.target_id == target_id, _intro.c.status.in_([DECLINED, EXPIRED]),
-        _intro.c.finished_at > since,
-    )
+        pair, _intro.c.status.in_([DECLINED, EXPIRED]), _intro.c.finished_at > since)
     value = session.execute(stmt).scalar_one_or_none()
-    if value is None:
-        return None
     return value if isinstance(value, datetime) else None
+
+
+def last_failure(session: Session, *, requester_id: int, target_id: int, since: datetime) -> datetime | None:
+    """When an introduction the requester knows of, to this target, last failed, if after `since`.
+
+    Their own requests for the target, and broker introductions of the two of them (they were
+    told of those). Not the target's requests for them: they never heard of those, and a
+    refusal would tell them. Declines and expiries count alike: the requester was told the
+    same about both, and a different cool-down would tell them which it was.
+    """
+    r, t = requester_id, target_id
+    pair = sa.or_(
+        sa.and_(_intro.c.kind == KIND_REQUEST, _intro.c.requester_id == r, _intro.c.target_id == t),
+        sa.and_(_intro.c.kind == KIND_BROKER, sa.or_(
+            sa.and_(_intro.c.requester_id == r, _intro.c.target_id == t),
+            sa.and_(_intro.c.requester_id == t, _intro.c.target_id == r))),
+    )
+    return _failed_since(session, pair, since)
+
+
+def pair_failed_since(session: Session, *, a: int, b: int, since: datetime) -> datetime | None:
+    """When any introduction between a and b (either way, either kind) last failed, if after `since`.
+
+    After a decline or an expiry nobody proposes the pair again for the cool-down: not a
+    referral nudge, not a broker.
+    """
+    pair = sa.or_(sa.and_(_intro.c.requester_id == a, _intro.c.target_id == b),
+                  sa.and_(_intro.c.requester_id == b, _intro.c.target_id == a))
+    return _failed_since(session, pair, since)
 
 
 def connector_load(session: Session, *, member_ids: list[int], since: datetime) -> dict[int, int]:
@@ -309,10 +322,8 @@ def erase_member(session: Session, *, member_id: int) -> int:
     """
     ids = [v.id for v in involving(session, member_id=member_id)]
     for intro_id in ids:
-        # Messages about it quote the member's card, even those queued for other members.
-        queued = sa.select(_outbox.c.id).where(_outbox.c.dedupe_key.like(f"intro:{intro_id}:%"))
-        session.execute(sa.delete(_attempt).where(_attempt.c.outbox_id.in_(queued)))
-        session.execute(sa.delete(_outbox).where(_outbox.c.dedupe_key.like(f"intro:{intro_id}:%")))
+        # Its messages are about someone who is gone, even those queued for other members.
+        outbox.forget_by_key(session, pattern=f"intro:{intro_id}:%")
     if ids:
         session.execute(sa.delete(_step).where(_step.c.intro_id.in_(ids)))
         session.execute(sa.delete(_intro).where(_intro.c.id.in_(ids)))

@@ -13,12 +13,19 @@ from sqlalchemy.orm import Session
 
 from handlers.replies import ChoicesReply, NoReply, Reply, reply_from_json, reply_to_json
 from storage.budget import last_message_at, notice_key, notice_payload
-from storage.models import Member, OutboxAttempt, OutboxMessage, OutboxStatus
-from storage.sql import RawStatement, dialect, insert_ignore, to_db
+from storage.models import Member, OutboxAttempt, OutboxMention, OutboxMessage, OutboxStatus
+from storage.sql import RawStatement, dialect, insert_ignore_returning, to_db
 
 _outbox = OutboxMessage.__table__  # type: ignore[attr-defined]
 _attempt = OutboxAttempt.__table__  # type: ignore[attr-defined]
 _member = Member.__table__  # type: ignore[attr-defined]
+_mention = OutboxMention.__table__  # type: ignore[attr-defined]
+
+# What is left of a message once its text may no longer be kept: it still counts against the
+# member's budget, but says nothing and is never sent.
+REDACTED = '{"type": "none", "redacted": true}'
+# Rows that have not gone out yet; erasing a member they mention deletes them instead.
+UNSENT = (OutboxStatus.PENDING, OutboxStatus.HELD)
 
 # Lower goes first (PRODUCT.md, the messaging budget).
 PRIORITY_REPLY = 0  # a late answer to something the member just wrote
@@ -39,13 +46,18 @@ def enqueue(
     now: datetime,
     priority: int = PRIORITY_DECISION,
     dedupe_key: str | None = None,
+    mentions: Collection[int] = (),
 ) -> bool:
-    """Queue a message for a member; False when nothing was queued (empty, or key seen before)."""
+    """Queue a message for a member; False when nothing was queued (empty, or key seen before).
+
+    `mentions` are the other members whose card data the message shows (see erase_mentions).
+    """
     if isinstance(reply, NoReply):
         return False
     return _queue(
         session, member_id=member_id, kind="choices" if isinstance(reply, ChoicesReply) else "text",
         payload=reply_to_json(reply), now=now, priority=priority, dedupe_key=dedupe_key,
+        mentions=mentions,
     )
 
 
@@ -58,8 +70,9 @@ def _queue(
     now: datetime,
     priority: int,
     dedupe_key: str | None,
+    mentions: Collection[int] = (),
 ) -> bool:
-    """Insert one pending row; False when the dedupe key was queued before."""
+    """Insert one pending row and its mentions; False when the dedupe key was queued before."""
     values = {
         "member_id": member_id,
         "kind": kind,
@@ -72,9 +85,82 @@ def _queue(
         "dedupe_key": dedupe_key,
     }
     if dedupe_key is None:
-        session.execute(sa.insert(_outbox).values(**values))
-        return True
-    return insert_ignore(session, _outbox, values, conflict=["dedupe_key"])
+        new_id = session.execute(sa.insert(_outbox).values(**values).returning(_outbox.c.id)).scalar_one()
+    else:
+        new_id = insert_ignore_returning(session, _outbox, values, conflict=["dedupe_key"], column="id")
+        if new_id is None:
+            return False
+    add_mentions(session, mentions={new_id: mentions})
+    return True
+
+
+def add_mentions(session: Session, *, mentions: dict[int, Collection[int]]) -> None:
+    """Record which members' card data each new outbox row shows (members still here only)."""
+    wanted = sorted({m for members in mentions.values() for m in members})
+    if not wanted:
+        return
+    present = {int(i) for i in session.execute(
+        sa.select(_member.c.id).where(_member.c.id.in_(wanted))).scalars()}
+    rows = [{"outbox_id": outbox_id, "member_id": m} for outbox_id, members in mentions.items()
+            for m in sorted(set(members) & present)]
+    if rows:
+        session.execute(sa.insert(_mention), rows)
+
+
+def erase_mentions(session: Session, *, member_id: int) -> None:
+    """Take an erased member's data out of every message to others that shows it.
+
+    Unsent messages go (the jobs that wrote them write them again without the member, where
+    that still makes sense); what was already sent, or is on its way this instant, keeps its
+    row for the budget's count but loses its text.
+    """
+    ids = sa.select(_mention.c.outbox_id).where(_mention.c.member_id == member_id)
+    unsent = [int(i) for i in session.execute(
+        sa.select(_outbox.c.id).where(_outbox.c.id.in_(ids), _outbox.c.status.in_(UNSENT))).scalars()]
+    session.execute(sa.update(_outbox).where(_outbox.c.id.in_(ids), _outbox.c.status.not_in(UNSENT))
+                    .values(payload=REDACTED))
+    session.execute(sa.delete(_mention).where(_mention.c.member_id == member_id))
+    delete_rows(session, outbox_ids=unsent)
+
+
+def delete_rows(session: Session, *, outbox_ids: Collection[int]) -> None:
+    """Delete outbox rows with their attempts and mentions."""
+    ids = list(outbox_ids)
+    if not ids:
+        return
+    for table in (_attempt, _mention):
+        session.execute(sa.delete(table).where(table.c.outbox_id.in_(ids)))
+    session.execute(sa.delete(_outbox).where(_outbox.c.id.in_(ids)))
+
+
+def forget_by_key(session: Session, *, pattern: str) -> None:
+    """Delete every row whose dedupe key matches a LIKE pattern (sent or not): its subject is gone."""
+    ids = [int(i) for i in session.execute(
+        sa.select(_outbox.c.id).where(_outbox.c.dedupe_key.like(pattern))).scalars()]
+    delete_rows(session, outbox_ids=ids)
+
+
+def forget_member(session: Session, *, member_id: int) -> None:
+    """Delete every message to this member, sent or not (erasure)."""
+    ids = [int(i) for i in session.execute(
+        sa.select(_outbox.c.id).where(_outbox.c.member_id == member_id)).scalars()]
+    delete_rows(session, outbox_ids=ids)
+
+
+def redact_sent(session: Session, *, before: datetime) -> int:
+    """Drop the text of messages that left (or were given up) before `before`; how many.
+
+    Their rows and attempts stay, so the budget still counts what was sent.
+    """
+    done = sa.and_(_outbox.c.status.in_([OutboxStatus.SENT, OutboxStatus.UNDELIVERABLE, OutboxStatus.FAILED]),
+                   sa.func.coalesce(_outbox.c.sent_at, _outbox.c.created_at) < before,
+                   _outbox.c.payload != REDACTED)
+    ids = [int(i) for i in session.execute(sa.select(_outbox.c.id).where(done)).scalars()]
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        session.execute(sa.update(_outbox).where(_outbox.c.id.in_(chunk)).values(payload=REDACTED))
+        session.execute(sa.delete(_mention).where(_mention.c.outbox_id.in_(chunk)))
+    return len(ids)
 
 
 # Runs on every message a member sends, so it is prebuilt.
@@ -207,10 +293,12 @@ def finish_attempt(
     Only a row still being sent moves: a sender whose lease ran out must not undo what the
     sender that took the row over has written (above all, never turn `sent` back into `pending`).
     """
-    session.execute(sa.insert(_attempt).values(
-        outbox_id=outbox_id, attempted_at=now, errcode=errcode, errmsg=errmsg[:500],
-        outcome=outcome,
-    ))
+    # INSERT … SELECT … WHERE EXISTS: a row erased while it was being sent records nothing.
+    attempt = sa.select(sa.literal(outbox_id), sa.literal(now, type_=_attempt.c.attempted_at.type),
+                        sa.literal(errcode, type_=sa.Integer()), sa.literal(errmsg[:500]),
+                        sa.literal(outcome)).where(sa.exists().where(_outbox.c.id == outbox_id))
+    session.execute(sa.insert(_attempt).from_select(
+        ["outbox_id", "attempted_at", "errcode", "errmsg", "outcome"], attempt))
     values: dict[str, Any] = {"status": status, "lease_until": None, "last_errcode": errcode,
                               "attempts": _outbox.c.attempts + 1}
     if status == OutboxStatus.SENT:

@@ -15,6 +15,13 @@ CONNECTIONS, NETWORK, HIDDEN = "connections", "network", "hidden"
 LEVELS = (CONNECTIONS, NETWORK, HIDDEN)
 # PRODUCT.md: contact and bio are for connections only; everything else for the network.
 DEFAULT_LEVELS = {"contact": CONNECTIONS, "bio": CONNECTIONS}
+# Contact moves only through a completed double opt-in, so the network never sees it.
+_ALLOWED = {"contact": (CONNECTIONS, HIDDEN)}
+
+
+def allowed_levels(field_name: str) -> tuple[str, ...]:
+    """The levels a field may be set to."""
+    return _ALLOWED.get(field_name, LEVELS)
 
 
 @dataclass(frozen=True)
@@ -26,8 +33,12 @@ class Privacy:
     paused_until: Optional[datetime] = None
 
     def level(self, name: str) -> str:
-        """The visibility level of one card field."""
-        return self.levels.get(name) or DEFAULT_LEVELS.get(name, NETWORK)
+        """The visibility level of one card field (never one the field may not have)."""
+        level = self.levels.get(name) or DEFAULT_LEVELS.get(name, NETWORK)
+        if level not in allowed_levels(name):
+            # A setting from before the rule (migration 0005 moves those): the stricter default.
+            return DEFAULT_LEVELS.get(name, CONNECTIONS)
+        return level
 
     def paused(self, now: datetime) -> bool:
         """True while the member has paused introductions and nudges."""
@@ -51,7 +62,9 @@ def _row(session: Session, member_id: int) -> MemberSettings:
 
 
 def set_level(session: Session, *, member_id: int, field_name: str, level: str) -> None:
-    """Set one field's visibility level."""
+    """Set one field's visibility level (ValueError for a level the field may not have)."""
+    if level not in allowed_levels(field_name):
+        raise ValueError(f"{field_name} cannot be seen at the {level} level")
     row = _row(session, member_id)
     levels = dict(json.loads(row.visibility or "{}"))
     levels[field_name] = level

@@ -28,6 +28,15 @@ def insert_ignore(
     return result.first() is not None
 
 
+def insert_ignore_returning(
+    session: Session, table: sa.Table, values: dict[str, Any], *, conflict: list[str], column: str
+) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING `column`: the new row's value, or None."""
+    ins: Any = postgresql.insert(table) if dialect(session) == "postgresql" else sqlite.insert(table)
+    stmt = ins.values(**values).on_conflict_do_nothing(index_elements=conflict).returning(table.c[column])
+    return session.execute(stmt).scalar_one_or_none()
+
+
 class RawStatement:
     """A statement for the push hot path, run on the driver's own cursor.
 

@@ -81,6 +81,8 @@ async def test_every_invite_failure_changes_nothing(db_url: str) -> None:
     async with running_bot(make_config(db_url), clock=clock) as bot:
         await say(bot, "alice", "set name Alice")
         code = await invite_code(bot, "alice")
+        for who in ("bob", "carol", "dave", "erin"):  # a pasted code does not decide the language
+            await say(bot, who, "lang en")
         # Unknown and own codes.
         assert "does not exist" in await say(bot, "bob", "join ZZZZZZZZ")
         assert "your own invite code" in await say(bot, "alice", f"join {code}")
@@ -113,6 +115,8 @@ async def test_invite_lifetime_and_uses_are_configurable(db_url: str) -> None:
     async with running_bot(cfg, clock=clock) as bot:
         assert "valid 2 days, for up to 3 people" in await say(bot, "alice", "invite")
         code = await invite_code(bot, "alice")
+        for who in ("b1", "b2", "b3", "b4", "b5"):  # a pasted code does not decide the language
+            await say(bot, who, "lang en")
         for who in ("b1", "b2", "b3"):
             assert (await say(bot, who, f"join {code}")).startswith("You are now connected")
         assert "already been used" in await say(bot, "b4", f"join {code}")

@@ -406,14 +406,20 @@ async def test_every_limit_says_why(db_url: str) -> None:
 
 async def test_limits_in_chinese_and_the_strongest_connector_is_chosen(db_url: str) -> None:
     async with running_bot(make_config(db_url)) as bot:
-        for who in ("alice", "bob", "weak", "strong"):
+        for who in ("alice", "bob", "weak", "strong", "other"):
             await member(bot, who, zh=True)
         await connect(bot, "weak", "alice", a_to_b=1)
         await connect(bot, "weak", "bob", a_to_b=3)
         await connect(bot, "strong", "alice", a_to_b=2)
         await connect(bot, "strong", "bob", a_to_b=2)
-        await searched(bot, "alice", ["weak", "bob"])
-        await say(bot, "alice", "引荐 1")
+        await connect(bot, "other", "alice", a_to_b=3)
+        await connect(bot, "other", "bob", a_to_b=3)
+        # The search showed "via Other", who has since paused: the strongest of the others is asked,
+        # and the requester is told who is asked instead.
+        await searched(bot, "alice", ["other", "bob"])
+        await say(bot, "other", "暂停 3")
+        assert (await say(bot, "alice", "引荐 1")).startswith(
+            "Other目前无法转介这条请求，所以你认识Bob的请求改由你们的另一位共同联系人Strong转介。")
         asks = {who: [m for m in await queued(bot, who) if "转介: 接受" in m] for who in ("strong", "weak")}
         assert len(asks["strong"]) == 1 and asks["weak"] == []  # min(2, 2) beats min(1, 3)
         assert (await say(bot, "alice", "引荐 1")).startswith("你请求引荐Bob的请求还在进行中")

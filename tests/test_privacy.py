@@ -36,8 +36,10 @@ def test_defaults_contact_and_bio_for_connections_only() -> None:
     assert visible_card(card, Privacy(), 1) == {k: v for k, v in card.items() if v}
     assert set(visible_card(card, Privacy(), 2)) == {"name", "title", "company", "city", "industry", "offers"}
     assert visible_card(card, Privacy(), None) == {}
+    # A contact level of `network` (only possible before migration 0005) counts as connections.
     custom = Privacy(levels={"name": HIDDEN, "contact": NETWORK})
-    assert "name" not in visible_card(card, custom, 1) and visible_card(card, custom, 3)["contact"] == "ann@x.cn"
+    assert "name" not in visible_card(card, custom, 1) and visible_card(card, custom, 1)["contact"] == "ann@x.cn"
+    assert "contact" not in visible_card(card, custom, 2) and "contact" not in visible_card(card, custom, 3)
 
 
 async def test_what_may_see_along_a_chain(db: Database) -> None:
@@ -51,7 +53,9 @@ async def test_what_may_see_along_a_chain(db: Database) -> None:
                 "name": name.upper(), "bio": f"bio {name}", "contact": f"{name}@mail", "offers": ["x"]})
         for x, y in zip("abcd", "bcde"):
             graph.connect(s, a=ids[x], b=ids[y], source="invite", now=T0)
-    for level in LEVELS:
+    with db.session() as s, pytest.raises(ValueError):
+        privacy.set_level(s, member_id=ids["b"], field_name="contact", level=NETWORK)
+    for level in privacy.allowed_levels("contact"):
         with db.session() as s:
             for name in "bcde":
                 privacy.set_level(s, member_id=ids[name], field_name="contact", level=level)

@@ -81,7 +81,8 @@ async def test_export_link_is_one_time_and_complete(db_url: str) -> None:
             assert data["card"]["name"] == SECRET_NAME and data["card"]["offers"] == ["tax law"]
             assert data["card"]["contact"] == SECRET_CONTACT
             assert data["settings"]["visibility"]["city"] == "hidden" and data["settings"]["stealth"] is True
-            assert data["connections"] == [{"name": "Bob", "strength": 3, "since": T0.isoformat()}]
+            assert data["connections"] == [{"number": 1, "strength": 3, "since": T0.isoformat(),
+                                            "card": {"name": "Bob"}}]
             assert len(data["invites"]) == 2 and data["introductions"] == [] and data["asks"] == []
             async with s.get(local) as resp:
                 assert resp.status == 404  # used
