@@ -94,6 +94,13 @@ class OfficialAccountPushes:
         """Verify and parse a POSTed push in plain, compatible or safe mode."""
         timestamp, nonce = self._check_query(query, time.time() if now is None else now)
         encrypted = query.get("encrypt_type", "raw").lower() == "aes"
+        if not encrypted and self.crypto is not None:
+            # With an EncodingAESKey the account is in safe or compatible mode, and WeChat signs
+            # the body (msg_signature). A plain push here is someone replaying a captured URL,
+            # whose `signature` covers only timestamp and nonce, with a body of their own.
+            raise PushRejected(403, "plain push, but wechat.encoding_aes_key is set (safe or "
+                               "compatible mode); if the account was switched to plain mode, "
+                               "clear wechat.encoding_aes_key")
         if encrypted:
             xml = _parse_xml(body)
             if self.crypto is None:

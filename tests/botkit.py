@@ -55,7 +55,13 @@ async def running_bot(
     answer_deadline: Optional[float] = None,
     run_sender: bool = False,
 ) -> AsyncIterator[RunningBot]:
-    """Start the app on a free loopback port; stop it cleanly afterwards."""
+    """Start the app on a free loopback port; stop it cleanly afterwards.
+
+    `mode="plain"` runs the bot as a plain-mode account is configured: without an
+    EncodingAESKey (make_config always sets one, and a bot with a key refuses plain pushes).
+    """
+    if mode == "plain":
+        config = replace(config, wechat=replace(config.wechat, encoding_aes_key=""))
     kwargs: dict[str, Any] = {"clock": clock, "handler": handler, "run_sender": run_sender,
                               "run_scheduler": False}
     if answer_deadline is not None:

@@ -268,6 +268,20 @@ async def test_encrypted_push_without_a_key_is_refused(db_url: str) -> None:
         await _good_push_still_works(bot)
 
 
+async def test_plain_push_to_a_safe_mode_bot_is_refused(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    # A captured push URL carries a valid `signature`, which covers only timestamp and nonce:
+    # in safe mode it must not sign a plain body of the attacker's choosing.
+    async with running_bot(make_config(db_url), mode="safe") as bot:
+        query, _ = bot.wechat.sign_query(text_xml("o_victim", "export", bot.wechat.next_msg_id()))
+        body = text_xml("o_victim", "export", bot.wechat.next_msg_id())
+        plain = {k: v for k, v in query.items() if k not in ("encrypt_type", "msg_signature")}
+        status, _ = await _post(bot, plain, body)
+        assert status == 403
+        assert "clear wechat.encoding_aes_key" in caplog.text
+        assert await member(bot, "o_victim") is None
+        await _good_push_still_works(bot)
+
+
 # --- exactly once ---------------------------------------------------------------------------
 
 class CountingHandler:
