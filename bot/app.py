@@ -8,7 +8,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Callable, Optional
 
 import sqlalchemy as sa
@@ -19,17 +19,20 @@ from bot.config import Config
 from bot.dispatcher import ANSWER_DEADLINE, PASSIVE_CUTOFF, Dispatcher
 from bot.outbox import OutboxSender
 from bot.wechat_api import WeChatAPI
-from bot.wechat_push import OfficialAccountPushes, PushRejected
+from bot.wechat_push import OfficialAccountPushes, PushRejected, VerifiedPush
 from handlers import core
 from handlers.context import Context, Settings
 from handlers.replies import Reply
 from scheduler.runner import JobScheduler
-from storage import exports
+from storage import exports, push_nonces
 from storage.db import Database
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024  # WeChat pushes are a few KiB; anything larger is refused with 413
+# How long plain-mode nonces are remembered when wechat.max_clock_skew_seconds is 0 (off).
+NONCE_WINDOW_UNCHECKED = timedelta(minutes=5)
+NONCE_PRUNE_EVERY = timedelta(minutes=1)  # between opportunistic prunes of old nonces, per process
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Services:
     scheduler: JobScheduler
     background: list["asyncio.Task[None]"] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    next_nonce_prune: Optional[datetime] = None  # when to forget old push nonces next
 
 
 SERVICES = web.AppKey("services", Services)
@@ -158,9 +162,27 @@ async def _receive_push(request: web.Request) -> web.Response:
     except PushRejected as exc:
         log.warning("refused push from %s: %s", _remote(request), exc.reason)
         return web.Response(status=exc.status, text=exc.reason)
+    if not push.encrypted and not await _nonce_fits(services, push, body):
+        log.warning("refused push from %s: its timestamp and nonce came before with another body "
+                    "(a replayed signature)", _remote(request))
+        return web.Response(status=403, text="signature already used")
     reply = await services.dispatcher.answer(push.event)
     answer = services.pushes.render(push, reply)
     return web.Response(text=answer, content_type="text/plain" if answer == "success" else "application/xml")
+
+
+async def _nonce_fits(services: Services, push: VerifiedPush, body: bytes) -> bool:
+    """A plain push's signature does not cover its body: one (timestamp, nonce), one body."""
+    now = services.clock.now()
+    skew = services.config.wechat.max_clock_skew_seconds
+    window = timedelta(seconds=skew) if skew else NONCE_WINDOW_UNCHECKED
+    prune_before = None
+    if services.next_nonce_prune is None or now >= services.next_nonce_prune:
+        services.next_nonce_prune = now + NONCE_PRUNE_EVERY
+        # A timestamp up to one window ahead is fresh until one window after it: keep two.
+        prune_before = now - 2 * window
+    return await services.db.run(push_nonces.remember, timestamp=push.timestamp, nonce=push.nonce,
+                                 body=body, now=now, prune_before=prune_before)
 
 
 async def _export(request: web.Request) -> web.Response:

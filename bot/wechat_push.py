@@ -58,6 +58,7 @@ class VerifiedPush:
 
     event: InboundEvent
     encrypted: bool
+    timestamp: str
     nonce: str
     to_user: str
 
@@ -131,8 +132,8 @@ class OfficialAccountPushes:
         except (KeyError, TypeError, AttributeError):
             raise PushRejected(400, "push without an <xml> root or MsgType") from None
         data: Mapping[str, Any] = getattr(msg, "_data", None) or {}
-        return VerifiedPush(event=_to_event(msg, data), encrypted=encrypted, nonce=nonce,
-                            to_user=str(data.get("ToUserName") or ""))
+        return VerifiedPush(event=_to_event(msg, data), encrypted=encrypted, timestamp=timestamp,
+                            nonce=nonce, to_user=str(data.get("ToUserName") or ""))
 
     def render(self, push: VerifiedPush, reply: Reply) -> str:
         """The HTTP body that answers a push: `success`, or a (possibly encrypted) XML reply."""

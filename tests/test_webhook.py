@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from datetime import datetime, timezone
 from typing import AsyncIterator
 
 import aiohttp
@@ -280,6 +281,37 @@ async def test_plain_push_to_a_safe_mode_bot_is_refused(db_url: str, caplog: pyt
         assert "clear wechat.encoding_aes_key" in caplog.text
         assert await member(bot, "o_victim") is None
         await _good_push_still_works(bot)
+
+
+async def test_plain_mode_signature_signs_one_body_only(db_url: str) -> None:
+    # A captured plain push URL: the same body again is WeChat's retry and gets the stored
+    # reply; any other body under that signature is a forgery, at this worker or another.
+    cfg = make_config(db_url)
+    async with running_bot(cfg, mode="plain") as bot, running_bot(cfg, mode="plain") as other:
+        genuine = text_xml("o_nonce", "help", bot.wechat.next_msg_id())
+        query, body = bot.wechat.sign_query(genuine, nonce="424242")
+        status, first = await _post(bot, query, body)
+        assert status == 200 and "Commands" in first
+        forged = text_xml("o_nonce", "export", bot.wechat.next_msg_id())
+        assert (await _post(bot, query, forged))[0] == 403
+        assert (await _post(other, query, forged))[0] == 403
+        assert await _post(bot, query, body) == (200, first)  # WeChat's retry
+        assert await _post(other, query, body) == (200, first)
+        await _good_push_still_works(bot)
+
+
+async def test_old_plain_nonces_are_forgotten(db_url: str) -> None:
+    from bot.clock import FixedClock
+    from storage.models import PushNonce
+
+    clock = FixedClock(datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc))
+    async with running_bot(make_config(db_url), mode="plain", clock=clock) as bot:
+        for _ in range(3):
+            await say(bot, "o_prune", "help")
+        clock.advance(minutes=11)  # two clock-skew windows and then some
+        await say(bot, "o_prune", "help")
+        with bot.services.db.session() as s:
+            assert (s.execute(sa.select(sa.func.count()).select_from(PushNonce))).scalar_one() == 1
 
 
 # --- exactly once ---------------------------------------------------------------------------
