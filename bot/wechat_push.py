@@ -176,7 +176,8 @@ def _to_event(msg: Any, data: Mapping[str, Any]) -> InboundEvent:
     openid = str(msg.source)
     msg_id = str(data.get("MsgId") or "")
     event_name = str(data.get("Event") or "")
-    key = f"msg:{msg_id}" if msg_id and msg_id != "0" else f"evt:{openid}:{created}:{event_name}"
+    # MsgId alone is not enough: a stored reply (an export link, say) belongs to its sender.
+    key = f"msg:{openid}:{msg_id}" if msg_id and msg_id != "0" else f"evt:{openid}:{created}:{event_name}"
     kind = EventKind.OTHER
     extra: dict[str, str] = {}
     if msg.type == "text":

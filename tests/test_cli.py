@@ -119,9 +119,10 @@ async def test_run_job_as_of_a_time(db_url: str) -> None:
     assert result.returncode == 0, result.stderr
     assert "removed 1" in result.stdout
     with db.session() as s:
-        keys = (s.execute(sa.select(InboundPush.key))).scalars().all()
+        assert (s.execute(sa.select(sa.func.count()).select_from(InboundPush))).scalar_one() == 1
+        assert not pushes.claim(s, key="new", openid="o", now=datetime(2026, 1, 10, tzinfo=timezone.utc))
+        assert pushes.claim(s, key="old", openid="o", now=datetime(2026, 1, 10, tzinfo=timezone.utc))
     await db.dispose()
-    assert keys == ["new"]
 
 
 def test_run_job_errors(tmp_path: Path) -> None:

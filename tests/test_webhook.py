@@ -335,7 +335,7 @@ async def test_same_msgid_three_times_concurrently_runs_once(db_url: str) -> Non
     async with running_bot(make_config(db_url), handler=handler) as bot:
         xml = text_xml("o_dup", "help", 777000111)
         answers = await asyncio.gather(*(bot.wechat.push(xml) for _ in range(3)))
-        assert handler.calls == Counter({"msg:777000111": 1})
+        assert handler.calls == Counter({"msg:o_dup:777000111": 1})
         assert {a.content for a in answers} == {answers[0].content} and "Commands" in (answers[0].content or "")
 
 
@@ -348,8 +348,21 @@ async def test_retry_after_restart_is_a_duplicate(db_url: str) -> None:
     second = CountingHandler()
     async with running_bot(cfg, handler=second) as bot:
         again = await bot.wechat.push(xml)
-    assert first.calls["msg:888000222"] == 1 and second.calls["msg:888000222"] == 0
+    assert first.calls["msg:o_restart:888000222"] == 1 and second.calls["msg:o_restart:888000222"] == 0
     assert again.content == answer.content == "From now on I will answer in English."
+
+
+async def test_a_stored_reply_belongs_to_its_sender(db_url: str) -> None:
+    # MsgIds are WeChat's, but nothing stops another openid from sending one already used:
+    # it must get its own answer, never the stored one (here, a one-time export link).
+    async with running_bot(make_config(db_url)) as bot:
+        await say(bot, "o_owner", "lang en")
+        mine = await bot.wechat.push(text_xml("o_owner", "export", 555000111))
+        assert "/export/" in (mine.content or "")
+        theirs = await bot.wechat.push(text_xml("o_thief", "help", 555000111))
+        assert "/export/" not in (theirs.content or "") and "Commands" in (theirs.content or "")
+        retry = await bot.wechat.push(text_xml("o_owner", "export", 555000111))
+        assert retry.content == mine.content  # the owner's retry still gets the stored reply
 
 
 async def test_events_dedupe_on_sender_time_and_event(db_url: str) -> None:
@@ -377,7 +390,7 @@ async def test_slow_handler_answers_success_and_replies_through_the_outbox(db_ur
         assert len(rows) == 1 and "Commands" in rows[0].payload and rows[0].priority == 0
         # WeChat does not retry a push that was answered; if it did, nothing would run twice.
         await bot.wechat.push(text_xml("o_slow", "help", 999000333))
-        assert handler.calls["msg:999000333"] == 1
+        assert handler.calls["msg:o_slow:999000333"] == 1
 
 
 async def test_retry_during_slow_handling_waits_for_the_first_result(db_url: str) -> None:
@@ -388,7 +401,7 @@ async def test_retry_during_slow_handling_waits_for_the_first_result(db_url: str
         await asyncio.sleep(0.1)
         second = await bot.wechat.push(xml)
         assert (await first).content == second.content and "Commands" in (second.content or "")
-        assert handler.calls["msg:999000444"] == 1
+        assert handler.calls["msg:o_wait:999000444"] == 1
 
 
 async def test_failing_handler_apologises_and_the_next_push_works(db_url: str) -> None:
