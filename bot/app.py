@@ -24,7 +24,7 @@ from handlers import core
 from handlers.context import Context, Settings
 from handlers.replies import Reply
 from scheduler.runner import JobScheduler
-from storage import exports, push_nonces
+from storage import exports, push_nonces, pushes
 from storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ MAX_BODY = 64 * 1024  # WeChat pushes are a few KiB; anything larger is refused 
 # How long plain-mode nonces are remembered when wechat.max_clock_skew_seconds is 0 (off).
 NONCE_WINDOW_UNCHECKED = timedelta(minutes=5)
 NONCE_PRUNE_EVERY = timedelta(minutes=1)  # between opportunistic prunes of old nonces, per process
+# How often `serve` nulls stored replies older than pushes.REPLY_TTL: none outlives ~75 s.
+REPLY_SWEEP_EVERY = 15.0
 
 
 @dataclass
@@ -97,10 +99,12 @@ def create_app(
     run_scheduler: Optional[bool] = None,
     handler: Optional[Callable[[Context], Reply]] = None,
     answer_deadline: float = ANSWER_DEADLINE,
+    reply_sweep_every: float = REPLY_SWEEP_EVERY,
 ) -> web.Application:
     """The webhook application; starting it migrates the database and starts background work.
 
-    `handler` and `answer_deadline` exist for tests and benchmarks; `serve` uses the defaults.
+    `handler`, `answer_deadline` and `reply_sweep_every` exist for tests and benchmarks;
+    `serve` uses the defaults.
     """
     services = build_services(config, clock=clock, handler=handler, answer_deadline=answer_deadline)
     app = web.Application(client_max_size=MAX_BODY)
@@ -115,6 +119,8 @@ def create_app(
         await services.db.upgrade()
         if run_sender:
             services.background.append(asyncio.create_task(services.sender.run(services.stopping)))
+        services.background.append(asyncio.create_task(
+            sweep_replies(services.db, services.clock, every=reply_sweep_every, stopping=services.stopping)))
         if scheduler_on:
             services.scheduler.start()
         yield
@@ -131,6 +137,22 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+async def sweep_replies(db: Database, clock: Clock, *, every: float, stopping: asyncio.Event) -> None:
+    """Null stored replies once WeChat can no longer retry their push, until `stopping` is set."""
+    swept_to: Optional[datetime] = None
+    while not stopping.is_set():
+        cutoff = clock.now() - pushes.REPLY_TTL
+        # After the first sweep only the newest rows can hold a reply: scan those, with margin.
+        since = swept_to - pushes.REPLY_TTL if swept_to is not None else None
+        try:
+            await db.run(pushes.forget_replies, older_than=cutoff, newer_than=since)
+            swept_to = cutoff
+        except Exception as exc:  # noqa: BLE001 - a failed sweep is retried at the next one
+            log.warning("could not forget old stored replies: %s", type(exc).__name__)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), every)
 
 
 def _remote(request: web.Request) -> str:

@@ -11,7 +11,7 @@ These run on every push, so they run on the driver's cursor (storage.sql.RawStat
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -19,12 +19,16 @@ from sqlalchemy.orm import Session
 from storage.models import InboundPush
 from storage.sql import RawStatement, to_db
 
+# A stored reply is for WeChat's retries, which come within seconds (5 s apart, three at most);
+# it may quote members' cards, so it is never served, and not kept, much longer than that.
+REPLY_TTL = timedelta(seconds=60)
+
 _push = InboundPush.__table__  # type: ignore[attr-defined]
 _CLAIM = RawStatement(
     "INSERT INTO inbound_push (key, member_openid, received_at) VALUES (?, ?, ?) "
     "ON CONFLICT (key) DO NOTHING RETURNING 1"
 )
-_REPLY = RawStatement("SELECT reply FROM inbound_push WHERE key = ?")
+_REPLY = RawStatement("SELECT reply FROM inbound_push WHERE key = ? AND received_at >= ?")
 _FINISH = RawStatement("UPDATE inbound_push SET reply = ? WHERE key = ?")
 
 
@@ -41,9 +45,9 @@ def claim(session: Session, *, key: str, openid: str, now: datetime) -> bool:
     return _CLAIM.execute(session, (_digest(key), openid, to_db(session, now))).fetchone() is not None
 
 
-def stored_reply(session: Session, *, key: str) -> str | None:
-    """The serialised reply a handled push got."""
-    row = _REPLY.execute(session, (_digest(key),)).fetchone()
+def stored_reply(session: Session, *, key: str, now: datetime) -> str | None:
+    """The serialised reply a handled push got, while WeChat may still retry it (REPLY_TTL)."""
+    row = _REPLY.execute(session, (_digest(key), to_db(session, now - REPLY_TTL))).fetchone()
     return row[0] if row else None
 
 
@@ -59,11 +63,16 @@ def prune(session: Session, *, older_than: datetime) -> int:
 
 
 def forget_replies(session: Session, *, older_than: datetime | None = None,
-                   except_key: str | None = None) -> None:
-    """Drop stored replies (they may quote members' cards); the keys keep deduplicating."""
+                   newer_than: datetime | None = None, except_key: str | None = None) -> None:
+    """Drop stored replies (they may quote members' cards); the keys keep deduplicating.
+
+    `newer_than` bounds the scan, for a sweeper that has already swept what came before.
+    """
     stmt = sa.update(_push).where(_push.c.reply.is_not(None))
     if older_than is not None:
         stmt = stmt.where(_push.c.received_at < older_than)
+    if newer_than is not None:
+        stmt = stmt.where(_push.c.received_at >= newer_than)
     if except_key is not None:
         stmt = stmt.where(_push.c.key != _digest(except_key))
     session.execute(stmt.values(reply=None))

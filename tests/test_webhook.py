@@ -11,6 +11,7 @@ from typing import AsyncIterator
 import aiohttp
 import pytest
 import sqlalchemy as sa
+from sqlmodel import col
 
 from handlers import core
 from handlers.context import Context
@@ -363,6 +364,45 @@ async def test_a_stored_reply_belongs_to_its_sender(db_url: str) -> None:
         assert "/export/" not in (theirs.content or "") and "Commands" in (theirs.content or "")
         retry = await bot.wechat.push(text_xml("o_owner", "export", 555000111))
         assert retry.content == mine.content  # the owner's retry still gets the stored reply
+
+
+async def test_a_retry_after_a_minute_gets_no_stored_reply(db_url: str) -> None:
+    from bot.clock import FixedClock
+
+    clock = FixedClock(datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc))
+    # The sweeper is as good as off: the stored reply itself must not be served once stale.
+    async with running_bot(make_config(db_url), clock=clock, reply_sweep_every=3600) as bot:
+        xml = text_xml("o_ttl", "export", bot.wechat.next_msg_id())
+        first = await bot.wechat.push(xml)
+        assert "/export/" in (first.content or "")
+        clock.advance(seconds=30)
+        assert (await bot.wechat.push(xml)).content == first.content  # WeChat's retry
+        clock.advance(seconds=31)
+        late = await bot.wechat.push(xml)
+        assert late.status == 200 and late.body == "success"
+
+
+async def test_stored_replies_are_swept_after_a_minute(db_url: str) -> None:
+    from bot.clock import FixedClock
+
+    def stored(bot: RunningBot) -> int:
+        with bot.services.db.session() as s:
+            return (s.execute(sa.select(sa.func.count()).select_from(InboundPush)
+                              .where(col(InboundPush.reply).is_not(None)))).scalar_one()
+
+    clock = FixedClock(datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc))
+    async with running_bot(make_config(db_url), clock=clock, reply_sweep_every=0.05) as bot:
+        await say(bot, "o_sweep", "export")
+        assert stored(bot) == 1
+        clock.advance(seconds=61)
+        await say(bot, "o_sweep", "help")  # a fresh reply, which the sweeper must leave alone
+        deadline = time.monotonic() + 10
+        while stored(bot) > 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # a few more sweeps
+        with bot.services.db.session() as s:
+            replies = (s.execute(sa.select(InboundPush.reply).order_by(InboundPush.received_at))).scalars().all()
+        assert replies[0] is None and "Commands" in (replies[1] or "")
 
 
 async def test_events_dedupe_on_sender_time_and_event(db_url: str) -> None:
