@@ -29,6 +29,10 @@ from handlers.replies import NoReply, Reply, as_plain_text
 
 PLATFORM = "oa"
 _DOCTYPE = re.compile(rb"<!\s*(doctype|entity)", re.IGNORECASE)
+# The nonce is echoed into the CDATA of an encrypted reply: WeChat's are digits; allow no markup.
+_NONCE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Characters XML 1.0 does not allow at all, not even in CDATA.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 class PushRejected(Exception):
@@ -75,7 +79,7 @@ class OfficialAccountPushes:
 
     def _check_query(self, query: Mapping[str, str], now: float) -> tuple[str, str]:
         timestamp, nonce = query.get("timestamp", ""), query.get("nonce", "")
-        if not timestamp.isdigit() or not nonce or len(nonce) > 64:
+        if not timestamp.isdigit() or not _NONCE.fullmatch(nonce):
             raise PushRejected(400, "missing or malformed timestamp/nonce")
         _check(sign(self.config.token, timestamp, nonce), query.get("signature"), "signature")
         skew = self.config.max_clock_skew_seconds
@@ -139,12 +143,23 @@ class OfficialAccountPushes:
         """The HTTP body that answers a push: `success`, or a (possibly encrypted) XML reply."""
         if isinstance(reply, NoReply):
             return "success"
+        # wechatpy puts each value into CDATA as it is; a `]]>` in a card would end it there.
         xml = WeChatTextReply(
-            source=push.to_user, target=push.event.member_id, content=as_plain_text(reply)
+            source=cdata_safe(push.to_user), target=cdata_safe(push.event.member_id),
+            content=cdata_safe(as_plain_text(reply)),
         ).render()
         if push.encrypted and self.crypto is not None:
             return str(self.crypto.encrypt_message(xml, push.nonce))
         return str(xml)
+
+
+def cdata_safe(text: str) -> str:
+    """Text to place inside <![CDATA[…]]>: any `]]>` is split across two sections.
+
+    The XML stays well-formed and reads back as exactly the same text; characters XML cannot
+    carry at all are dropped.
+    """
+    return _NOT_XML.sub("", text).replace("]]>", "]]]]><![CDATA[>")
 
 
 def _refuse_declarations(body: bytes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -476,3 +477,74 @@ async def test_held_messages_are_released_by_the_members_next_message(db_url: st
         with bot.services.db.session() as s:
             statuses = (s.execute(sa.select(OutboxMessage.status).order_by(OutboxMessage.id))).scalars().all()
         assert statuses == ["sent", "sent", "sent", "pending"]
+
+
+# --- our text never breaks the reply XML ----------------------------------------------------
+
+HOSTILE_NAME = "M]]></Content></xml>"
+HOSTILE_TITLE = "CFO]]></Content><MsgType><![CDATA[news]]></MsgType>"
+HOSTILE_COMPANY = "Acme]]><![CDATA[</Content><MsgType>music</MsgType>"
+
+
+class RecordingHandler:
+    """The real handlers; remembers the text each member was answered, to compare with the XML."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, str] = {}
+
+    def __call__(self, ctx: Context) -> Reply:
+        from handlers.replies import as_plain_text
+
+        reply = core.handle(ctx)
+        self.last[ctx.event.member_id] = as_plain_text(reply)
+        return reply
+
+
+@pytest.mark.parametrize("mode", ["plain", "safe"])
+async def test_hostile_card_values_never_break_a_reply(db_url: str, mode: str) -> None:
+    handler = RecordingHandler()
+    async with running_bot(make_config(db_url), mode=mode, handler=handler) as bot:
+
+        async def ask(openid: str, command: str, *expected: str) -> str:
+            # The fake parses every answer strictly: well-formed, each element once.
+            answer = await bot.wechat.push(text_xml(openid, command, bot.wechat.next_msg_id()))
+            assert answer.status == 200 and answer.xml is not None, answer.body
+            assert answer.xml["MsgType"] == "text" and answer.xml["ToUserName"] == openid
+            assert answer.xml["Content"] == handler.last[openid]
+            for needle in expected:
+                assert needle in answer.xml["Content"], (command, needle, answer.xml["Content"])
+            return answer.xml["Content"]
+
+        for openid in ("o_m", "o_b", "o_c"):
+            await ask(openid, "lang en")
+        await ask("o_m", f"set name {HOSTILE_NAME}")
+        await ask("o_m", f"set title {HOSTILE_TITLE}")
+        await ask("o_m", f"set company {HOSTILE_COMPANY}")
+        code = re.search(r"join ([A-Z2-9]+)", await ask("o_m", "invite"))
+        assert code
+        await ask("o_b", "set name Ben")
+        await ask("o_b", f"join {code.group(1)}", HOSTILE_NAME)  # a choices reply: how well …?
+        code = re.search(r"join ([A-Z2-9]+)", await ask("o_b", "invite"))
+        assert code
+        await ask("o_c", "set name Cat")
+        await ask("o_c", f"join {code.group(1)}")
+        await ask("o_b", "contacts", HOSTILE_NAME)
+        await ask("o_c", "find CFO", HOSTILE_NAME, HOSTILE_TITLE)
+        await ask("o_c", "intro 1 Could you introduce us?")
+        await ask("o_b", "requests", HOSTILE_NAME, "accept ")  # a choices reply
+        await ask("o_m", "card", HOSTILE_NAME, HOSTILE_TITLE, HOSTILE_COMPANY)
+        await ask("o_m", "hi]]></Content><a>", "hi]]></Content><a>")  # an echo of what they typed
+        # The To/From names go into CDATA too.
+        odd = "o]]></ToUserName><MsgType>news</MsgType>"
+        answer = await bot.wechat.push(text_xml(odd, "help", bot.wechat.next_msg_id(), to="gh]]>x"))
+        assert answer.xml is not None and answer.xml["MsgType"] == "text"
+        assert answer.xml["ToUserName"] == odd and answer.xml["FromUserName"] == "gh]]>x"
+        assert answer.xml["Content"] == handler.last[odd]
+
+
+async def test_nonce_with_markup_is_refused(bot: RunningBot) -> None:
+    # The nonce is echoed into the encrypted reply's CDATA.
+    for nonce in ("1]]><x>", "a b", "n" * 65, "<"):
+        query, body = bot.wechat.sign_query(text_xml("o", "help", bot.wechat.next_msg_id()), nonce=nonce)
+        assert (await _post(bot, query, body))[0] == 400
+    await _good_push_still_works(bot)
