@@ -35,6 +35,8 @@ NONCE_WINDOW_UNCHECKED = timedelta(minutes=5)
 NONCE_PRUNE_EVERY = timedelta(minutes=1)  # between opportunistic prunes of old nonces, per process
 # How often `serve` nulls stored replies older than pushes.REPLY_TTL: none outlives ~75 s.
 REPLY_SWEEP_EVERY = 15.0
+# A push body is a few KiB: one still arriving after this is a slow or stalled client (408).
+READ_TIMEOUT = 10.0
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
+READ_TIMEOUT_KEY = web.AppKey("read_timeout", float)
 
 
 def build_services(
@@ -100,15 +103,17 @@ def create_app(
     handler: Optional[Callable[[Context], Reply]] = None,
     answer_deadline: float = ANSWER_DEADLINE,
     reply_sweep_every: float = REPLY_SWEEP_EVERY,
+    read_timeout: float = READ_TIMEOUT,
 ) -> web.Application:
     """The webhook application; starting it migrates the database and starts background work.
 
-    `handler`, `answer_deadline` and `reply_sweep_every` exist for tests and benchmarks;
-    `serve` uses the defaults.
+    `handler`, `answer_deadline`, `reply_sweep_every` and `read_timeout` exist for tests and
+    benchmarks; `serve` uses the defaults.
     """
     services = build_services(config, clock=clock, handler=handler, answer_deadline=answer_deadline)
     app = web.Application(client_max_size=MAX_BODY)
     app[SERVICES] = services
+    app[READ_TIMEOUT_KEY] = read_timeout
     app.router.add_get(config.wechat.path, _verify_url)
     app.router.add_post(config.wechat.path, _receive_push)
     app.router.add_get("/healthz", _healthz)
@@ -174,11 +179,18 @@ async def _receive_push(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > MAX_BODY:
         log.warning("refused push from %s: body of %d bytes", _remote(request), request.content_length)
         return web.Response(status=413, text="body too large")
+    read_timeout = request.app[READ_TIMEOUT_KEY]
     try:
-        body = await request.read()
+        # aiohttp would wait for a stalled body as long as the client keeps the socket open.
+        body = await asyncio.wait_for(request.read(), read_timeout)
     except web.HTTPRequestEntityTooLarge:
         log.warning("refused push from %s: body over %d bytes", _remote(request), MAX_BODY)
         return web.Response(status=413, text="body too large")
+    except TimeoutError:
+        log.warning("refused push from %s: body not received within %g s", _remote(request), read_timeout)
+        slow = web.Response(status=408, text="request body too slow")
+        slow.force_close()
+        return slow
     try:
         push = services.pushes.read(request.query, body, now=services.clock.now().timestamp())
     except PushRejected as exc:
@@ -211,7 +223,7 @@ async def _export(request: web.Request) -> web.Response:
     """A member's one-time data export link; used, expired or unknown links are 404."""
     services = request.app[SERVICES]
     token = request.match_info["token"]
-    if not 16 <= len(token) <= 64:
+    if not exports.is_token(token):  # NUL bytes, path tricks, megabytes: never a database error
         raise web.HTTPNotFound(text="not found")
     data = await services.db.run(exports.use_link, token=token, now=services.clock.now())
     if not data:

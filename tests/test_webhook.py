@@ -228,6 +228,49 @@ async def test_malformed_or_dangerous_xml(bot: RunningBot, bad: str) -> None:
     await _good_push_still_works(bot)
 
 
+@pytest.mark.parametrize("timestamp", ["²", "1" * 400, "١٧١٤٠٣٧٠٥٩", "-5", " 1714037059", "1e9"])
+async def test_signed_but_odd_timestamp_is_a_400(bot: RunningBot, timestamp: str) -> None:
+    query, body = bot.wechat.sign_query(text_xml("o", "help", bot.wechat.next_msg_id()))
+    query["timestamp"] = timestamp
+    query["signature"] = signature(bot.wechat.token, timestamp, query["nonce"])
+    if "msg_signature" in query:
+        encrypted = re.search(r"<Encrypt><!\[CDATA\[(.*?)\]\]>", body)
+        assert encrypted
+        query["msg_signature"] = signature(bot.wechat.token, timestamp, query["nonce"], encrypted.group(1))
+    assert (await _post(bot, query, body))[0] == 400
+    await _good_push_still_works(bot)
+
+
+async def test_odd_export_tokens_are_404(db_url: str) -> None:
+    from yarl import URL
+
+    odd = ["%00" * 32, "x" * 31 + "%00", "..%2F..%2F..%2Fetc%2Fpasswd", "%2e%2e", "..%5C..%5Cx",
+           "%FF" * 32, "%C3%A9" * 32, "a" * 5000, "A" * 33, "A" * 31, "A" * 31 + "=", "A" * 31 + "%20"]
+    async with running_bot(make_config(db_url)) as bot:
+        async with aiohttp.ClientSession() as s:
+            for token in odd:
+                async with s.get(URL(bot.base_url.rstrip("/") + "/export/" + token, encoded=True)) as resp:
+                    assert resp.status == 404, (token[:40], resp.status, await resp.text())
+        await _good_push_still_works(bot)
+
+
+async def test_stalled_body_is_cut_off_with_408(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    async with running_bot(make_config(db_url), read_timeout=0.5) as bot:
+        query, body = bot.wechat.sign_query(text_xml("o_slow_body", "help", bot.wechat.next_msg_id()))
+        path = str(aiohttp.client.URL(bot.wechat.url).with_query(query).raw_path_qs)
+        reader, writer = await asyncio.open_connection(bot.server.host, bot.server.port)
+        try:
+            writer.write((f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\n"
+                          f"Content-Length: {len(body.encode())}\r\n\r\n").encode() + body.encode()[:20])
+            await writer.drain()  # and then nothing: the rest never comes
+            status_line = await asyncio.wait_for(reader.readline(), 10)
+        finally:
+            writer.close()
+        assert status_line.startswith(b"HTTP/1.1 408"), status_line
+        assert "body not received within" in caplog.text
+        await _good_push_still_works(bot)
+
+
 def _sign_inner(bot: RunningBot, inner: str) -> tuple[dict[str, str], str]:
     """Sign and encrypt arbitrary inner text, bypassing the fake's XML handling."""
     from tests.fakes.wechat_server import encrypt
