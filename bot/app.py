@@ -53,7 +53,7 @@ class Services:
     scheduler: JobScheduler
     background: list["asyncio.Task[None]"] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    next_nonce_prune: Optional[datetime] = None  # when to forget old push nonces next
+    next_nonce_prune: datetime | None = None  # when to forget old push nonces next
 
 
 SERVICES = web.AppKey("services", Services)
@@ -146,7 +146,7 @@ def create_app(
 
 async def sweep_replies(db: Database, clock: Clock, *, every: float, stopping: asyncio.Event) -> None:
     """Null stored replies once WeChat can no longer retry their push, until `stopping` is set."""
-    swept_to: Optional[datetime] = None
+    swept_to: datetime | None = None
     while not stopping.is_set():
         cutoff = clock.now() - pushes.REPLY_TTL
         # After the first sweep only the newest rows can hold a reply: scan those, with margin.

@@ -17,7 +17,7 @@ from storage.models import ExportLink, Invite, Member
 LINK_TTL = timedelta(hours=24)
 TOKEN_BYTES = 24
 # secrets.token_urlsafe(TOKEN_BYTES): base64url without padding, 4 characters per 3 bytes.
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{%d}" % (TOKEN_BYTES * 4 // 3))
+_TOKEN = re.compile(rf"[A-Za-z0-9_-]{{{TOKEN_BYTES * 4 // 3}}}")
 
 
 def is_token(token: str) -> bool:
