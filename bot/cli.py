@@ -56,12 +56,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "serve":
             return _serve(config)
         if args.command == "db":
+            _describe_storage(config)
             return _db_upgrade(config)
         if args.command == "run-job":
             return asyncio.run(_run_job(config, args.name, args.at, args.list))
         if args.command == "chat":
             from bot.chat import run_chat
 
+            _describe_storage(config)
             return asyncio.run(run_chat(config, user=args.user))
     except ConfigError as exc:
         print(f"yinjian: configuration error: {exc}", file=sys.stderr)
@@ -74,12 +76,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _describe(config: Config) -> None:
-    from storage.db import is_sqlite
+def _describe_storage(config: Config) -> None:
+    """Say which database this command uses: a SQLite file by its absolute path."""
+    from storage.db import sqlite_path
 
+    path = sqlite_path(config.storage.url)
+    log.info("storage: %s", "PostgreSQL" if path is None else f"SQLite {path}")
+
+
+def _describe(config: Config) -> None:
     log.info("configuration: %s", config.source)
-    log.info("storage: %s", "SQLite " + config.storage.url.split("///", 1)[-1]
-             if is_sqlite(config.storage.url) else "PostgreSQL")
+    _describe_storage(config)
     if config.dev_token:
         log.info("development token (set wechat.token for a real account): %s", config.wechat.token)
     if not config.wechat.api_configured:
@@ -148,6 +155,7 @@ async def _run_job(config: Config, name: Optional[str], at: Optional[str], list_
             return 2
         if when.tzinfo is None:
             when = when.replace(tzinfo=ZoneInfo(config.scheduler.timezone))
+    _describe_storage(config)
     db = Database(config.storage.url)
     try:
         await db.upgrade()

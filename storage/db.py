@@ -45,6 +45,14 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The absolute path of a SQLite storage.url's file; None for PostgreSQL or in-memory."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database).expanduser().resolve()
+
+
 def _tune_sqlite(engine: sa.Engine) -> None:
     """WAL, foreign keys, a busy timeout, and BEGIN IMMEDIATE so writers queue instead of failing."""
 
@@ -104,10 +112,9 @@ class Database:
 
     def upgrade_sync(self) -> None:
         """Bring the schema to the newest migration (blocking; Alembic is synchronous)."""
-        if self.sqlite:
-            path = make_url(self.sync_url).database
-            if path and path != ":memory:":
-                Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_path(self.sync_url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         cfg.attributes["sync_url"] = self.sync_url

@@ -26,6 +26,20 @@ from tests.fakes.wechat_server import FakeWeChatServer, text_xml
 YINJIAN = str(Path(sys.executable).with_name("yinjian"))
 
 
+@pytest.fixture(autouse=True)
+def _own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every `yinjian` started here gets a home and data folder of its own (the default DB)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+    return home
+
+
+def default_db(home: Path) -> Path:
+    """Where the embedded default database lives for that home (platformdirs on Linux)."""
+    return home / "data" / "yinjian" / "yinjian.db"
+
+
 def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
         stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("YINJIAN_")}
@@ -90,10 +104,27 @@ def test_example_config_documents_and_loads_every_key() -> None:
             assert re.search(rf"^{f.name} = ", text, re.M), f"{section}.{f.name} is not documented"
 
 
-def test_no_config_is_the_embedded_default() -> None:
+def test_no_config_is_the_embedded_default(_own_home: Path) -> None:
     cfg = load_config(None, env={})
-    assert cfg.storage.url == "sqlite:///./yinjian.db" and cfg.dev_token and cfg.wechat.token
+    assert cfg.storage.url == f"sqlite:///{default_db(_own_home)}" and cfg.dev_token and cfg.wechat.token
     assert not cfg.wechat.api_configured
+    # `url = ""`, as in a copy of config.example.toml, is the embedded default too.
+    assert load_config(None, env={"YINJIAN_STORAGE__URL": ""}).storage.url == cfg.storage.url
+
+
+def test_commands_from_different_folders_share_the_default_database(
+        tmp_path: Path, _own_home: Path) -> None:
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    alice = run("chat", "--user", "alice", cwd=here, stdin="lang en\nset name Alice\ninvite\n")
+    assert f"SQLite {default_db(_own_home)}" in alice.stderr  # the absolute path, at start
+    code = re.search(r"^\s*join ([A-Z2-9]{6,10})$", alice.stdout, re.M)
+    assert code, alice.stdout
+    bob = run("chat", "--user", "bob", cwd=there, stdin=f"lang en\njoin {code.group(1)}\n")
+    assert "connected with Alice" in bob.stdout, bob.stdout
+    assert default_db(_own_home).exists()
+    assert not (here / "yinjian.db").exists() and not (there / "yinjian.db").exists()
 
 
 # --- db upgrade and run-job --------------------------------------------------------------------
@@ -174,7 +205,7 @@ def _stop(proc: subprocess.Popen[str]) -> str:
     return err
 
 
-async def test_serve_on_the_embedded_default(tmp_path: Path) -> None:
+async def test_serve_on_the_embedded_default(tmp_path: Path, _own_home: Path) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("YINJIAN_")}
     env["YINJIAN_SERVER__PORT"] = str(port)
@@ -182,9 +213,10 @@ async def test_serve_on_the_embedded_default(tmp_path: Path) -> None:
                             stdout=subprocess.PIPE, text=True)
     try:
         await _wait_healthy(port, proc)
-        assert (tmp_path / "yinjian.db").exists()
+        assert default_db(_own_home).exists() and not (tmp_path / "yinjian.db").exists()
     finally:
         log = _stop(proc)
+    assert f"storage: SQLite {default_db(_own_home)}" in log
     token = re.search(r"development token[^:]*: (\w+)", log)
     assert token, log
     assert "recorded in the database and the log" in log
