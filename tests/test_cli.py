@@ -291,6 +291,36 @@ async def test_chat_shows_messages_queued_for_the_member(db_url: str) -> None:
     await db.dispose()
 
 
+async def test_idle_chat_shows_a_message_as_it_arrives(db_url: str) -> None:
+    env = {"YINJIAN_STORAGE__URL": db_url}
+    alice = await asyncio.to_thread(run, "chat", "--user", "alice", env=env,
+                                    stdin="lang en\nset name Alice\ninvite\n")
+    code = re.search(r"^\s*join ([A-Z2-9]{6,10})$", alice.stdout, re.M)
+    assert code, alice.stdout
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("YINJIAN_")} | env
+    # Alice sits at her terminal and types nothing: stdin is an open pipe that stays silent.
+    proc = await asyncio.create_subprocess_exec(
+        YINJIAN, "chat", "--user", "alice", env=full_env, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        banner = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert b"Chatting with Yinjian as alice" in banner
+        bob = await asyncio.to_thread(run, "chat", "--user", "bob", env=env,
+                                      stdin=f"set name Bob\njoin {code.group(1)}\n")
+        assert bob.returncode == 0, bob.stderr
+
+        async def until_shown() -> bytes:
+            while b"Bob used your invite" not in (line := await proc.stdout.readline()):  # type: ignore[union-attr]
+                assert line, "alice's chat ended without showing the message"
+            return line
+
+        assert (await asyncio.wait_for(until_shown(), 5)).startswith(b"bot (message): ")
+    finally:
+        proc.stdin.close()
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
 def test_newcomer_flow_in_the_terminal(tmp_path: Path) -> None:
     """PRODUCT.md's first minute: card, invite, connect, contacts, export, delete."""
     env = {"YINJIAN_STORAGE__URL": f"sqlite:///{tmp_path / 'newcomer.db'}"}
