@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
+import socket
 import sys
 from datetime import datetime
 from typing import Optional, Sequence
@@ -94,21 +96,48 @@ def _describe(config: Config) -> None:
                  "log instead of being sent")
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """The webhook's listening socket, bound before anything else starts."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        # As aiohttp would: a restart must not wait for the old connections' TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def _serve(config: Config) -> int:
     from bot.app import create_app
 
+    host, port = config.server.host, config.server.port
+    # Bound first, so a taken port fails at once: before migrations, the scheduler or the sender.
+    try:
+        sock = _listen(host, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            print(f"yinjian: {host}:{port} is already in use; stop what listens there or choose "
+                  "another server.port", file=sys.stderr)
+        else:
+            print(f"yinjian: cannot listen on {host}:{port} ({exc.strerror or exc}); check server.host "
+                  "and server.port", file=sys.stderr)
+        return 2
     _describe(config)
     mode = "safe/compatible and plain" if config.wechat.encoding_aes_key else "plain"
     log.info("webhook at http://%s:%d%s (%s mode); try it with `yinjian chat --user NAME`",
-             config.server.host, config.server.port, config.wechat.path, mode)
+             host, port, config.wechat.path, mode)
     app = create_app(config)
     # The event loop and the database thread share the GIL. With Python's default 5 ms switch
     # interval the database thread waits that long to get it back after every SQLite call;
     # 0.2 ms gave about 20 % more pushes per second in bench/webhook_load.py.
     sys.setswitchinterval(0.0002)
     try:
-        web.run_app(app, host=config.server.host, port=config.server.port, print=None,
-                    access_log=None)
+        web.run_app(app, sock=sock, print=None, access_log=None)
     except Exception as exc:
         if _is_database_error(exc):
             print(f"yinjian: cannot use the database at storage.url: {_short(exc)}", file=sys.stderr)

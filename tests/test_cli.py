@@ -222,6 +222,21 @@ async def test_serve_on_the_embedded_default(tmp_path: Path, _own_home: Path) ->
     assert "recorded in the database and the log" in log
 
 
+def test_serve_on_a_taken_port_fails_at_once(tmp_path: Path) -> None:
+    db_file = tmp_path / "never.db"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", env={"YINJIAN_SERVER__PORT": str(port),
+                                   "YINJIAN_STORAGE__URL": f"sqlite:///{db_file}",
+                                   "YINJIAN_SCHEDULER__ENABLED": "true"}, timeout=30)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "server.port" in lines[0], lines
+    assert not db_file.exists()  # nothing was migrated, scheduled or sent before it gave up
+
+
 async def test_serve_answers_a_safe_mode_push(db_url: str, tmp_path: Path) -> None:
     port = _free_port()
     config = write(tmp_path / "c.toml", f"""
