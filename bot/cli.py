@@ -50,8 +50,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # aiohttp's access log would print every push's query string, signatures included.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    # Library chatter that says nothing an operator needs (our own lines say what started).
-    for noisy in ("alembic.runtime.plugins", "apscheduler"):
+    # Library chatter that says nothing an operator needs (our own lines say what started, and
+    # storage.db says when migrations ran); -v shows Alembic's lines again.
+    for noisy in ("apscheduler",) if args.verbose else ("alembic", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         config = load_config(args.config)

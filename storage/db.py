@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -119,6 +121,10 @@ class Database:
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         cfg.attributes["sync_url"] = self.sync_url
         command.upgrade(cfg, "head")
+        # Alembic's own INFO lines are silenced by the CLI; this is the one that matters.
+        applied: list[str] = cfg.attributes.get("applied", [])
+        if applied:
+            log.info("database migrated to %s (applied %s)", applied[-1], ", ".join(applied))
 
     async def upgrade(self) -> None:
         """Run the migrations without blocking the event loop."""

@@ -139,6 +139,23 @@ def test_db_upgrade_creates_the_schema(db_url: str) -> None:
         engine.dispose()
 
 
+ALEMBIC_CHATTER = ("Context impl", "Will assume", "Running upgrade", "alembic")
+
+
+def test_start_up_logs_are_quiet(tmp_path: Path) -> None:
+    env = {"YINJIAN_STORAGE__URL": f"sqlite:///{tmp_path / 'quiet.db'}"}
+    first = run("db", "upgrade", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "database migrated to" in first.stderr  # one line of our own when migrations ran
+    assert not any(noise in first.stderr for noise in ALEMBIC_CHATTER), first.stderr
+    for args, stdin in ((("db", "upgrade"), None), (("run-job", "prune-pushes"), None),
+                        (("chat", "--user", "quiet"), "help\n")):
+        again = run(*args, env=env, stdin=stdin)
+        assert again.returncode == 0, again.stderr
+        assert not any(noise in again.stderr for noise in ALEMBIC_CHATTER), (args, again.stderr)
+        assert "migrated" not in again.stderr
+
+
 async def test_run_job_as_of_a_time(db_url: str) -> None:
     db = Database(db_url)
     await db.upgrade()
@@ -264,6 +281,7 @@ enabled = true
     finally:
         log = _stop(proc)
     assert "scheduler started with jobs: prune-pushes, purge-deactivated" in log
+    assert not any(noise in log for noise in ALEMBIC_CHATTER), log
     assert "servetoken1" not in log and "帮助" not in log  # no secret, no member text at INFO
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from alembic import context
 from sqlalchemy import create_engine, pool, text
@@ -14,6 +14,12 @@ config = context.config
 target_metadata = SQLModel.metadata
 # Any constant works: it only has to be the same for every worker that upgrades at once.
 _PG_MIGRATION_LOCK = 0x79696E6A
+
+
+def _applied(*, step: Any, **_: Any) -> None:
+    """Note each migration that really runs, so Database.upgrade can say so in one line."""
+    if step.is_upgrade:
+        config.attributes.setdefault("applied", []).append(step.up_revision_id)
 
 
 def run_migrations_online() -> None:
@@ -32,6 +38,7 @@ def run_migrations_online() -> None:
                 target_metadata=target_metadata,
                 render_as_batch=connection.dialect.name == "sqlite",
                 compare_type=True,
+                on_version_apply=_applied,
             )
             with context.begin_transaction():
                 context.run_migrations()
