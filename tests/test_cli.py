@@ -183,6 +183,17 @@ def test_run_job_errors(tmp_path: Path) -> None:
     assert listed.returncode == 0 and "prune-pushes" in listed.stdout
 
 
+def test_run_job_without_a_name_lists_the_jobs(tmp_path: Path) -> None:
+    from scheduler.jobs import JOBS
+
+    env = {"YINJIAN_STORAGE__URL": f"sqlite:///{tmp_path / 'j.db'}"}
+    listed = run("run-job", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == list(JOBS)
+    unknown = run("run-job", "no-such-job", env=env)
+    assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1
+
+
 def test_unreachable_database_is_one_line(tmp_path: Path) -> None:
     result = run("db", "upgrade", env={"YINJIAN_STORAGE__URL": "postgresql://127.0.0.1:1/none"})
     assert result.returncode == 1 and "storage.url" in result.stderr and "Traceback" not in result.stderr
