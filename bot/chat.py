@@ -83,7 +83,7 @@ async def run_chat(config: Config, *, user: str, stdin: Optional[TextIO] = None,
                 log.warning("could not read messages for %s: %s", user, type(exc).__name__)
 
     stopping = asyncio.Event()
-    background: list["asyncio.Task[None]"] = []
+    background: list[asyncio.Task[None]] = []
     try:
         known = await db.run(members.get, platform=PLATFORM, openid=user)
         lang = known.lang if known and known.lang else DEFAULT_LANG

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from typing import Any, cast
 
 from alembic import context
+from alembic.runtime.migration import MigrationContext, MigrationInfo
 from sqlalchemy import create_engine, pool, text
 
 import storage.models  # noqa: F401  (registers the tables on the metadata)
@@ -16,7 +18,8 @@ target_metadata = SQLModel.metadata
 _PG_MIGRATION_LOCK = 0x79696E6A
 
 
-def _applied(*, step: Any, **_: Any) -> None:
+def _applied(ctx: MigrationContext, step: MigrationInfo, heads: Collection[Any],
+             run_args: Mapping[str, Any]) -> None:
     """Note each migration that really runs, so Database.upgrade can say so in one line."""
     if step.is_upgrade:
         config.attributes.setdefault("applied", []).append(step.up_revision_id)
