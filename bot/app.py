@@ -8,7 +8,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Callable, Optional
 
 import sqlalchemy as sa
@@ -19,16 +19,24 @@ from bot.config import Config
 from bot.dispatcher import ANSWER_DEADLINE, PASSIVE_CUTOFF, Dispatcher
 from bot.outbox import OutboxSender
 from bot.wechat_api import WeChatAPI
-from bot.wechat_push import OfficialAccountPushes, PushRejected
+from bot.wechat_push import OfficialAccountPushes, PushRejected, VerifiedPush
 from handlers import core, rights
 from handlers.context import Context, Settings
 from handlers.replies import Reply
 from scheduler.runner import JobScheduler
+from storage import exports, push_nonces, pushes
 from storage.db import Database
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024  # WeChat pushes are a few KiB; anything larger is refused with 413
+# How long plain-mode nonces are remembered when wechat.max_clock_skew_seconds is 0 (off).
+NONCE_WINDOW_UNCHECKED = timedelta(minutes=5)
+NONCE_PRUNE_EVERY = timedelta(minutes=1)  # between opportunistic prunes of old nonces, per process
+# How often `serve` nulls stored replies older than pushes.REPLY_TTL: none outlives ~75 s.
+REPLY_SWEEP_EVERY = 15.0
+# A push body is a few KiB: one still arriving after this is a slow or stalled client (408).
+READ_TIMEOUT = 10.0
 
 
 @dataclass
@@ -45,9 +53,11 @@ class Services:
     scheduler: JobScheduler
     background: list["asyncio.Task[None]"] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    next_nonce_prune: datetime | None = None  # when to forget old push nonces next
 
 
 SERVICES = web.AppKey("services", Services)
+READ_TIMEOUT_KEY = web.AppKey("read_timeout", float)
 
 
 def build_services(
@@ -93,14 +103,18 @@ def create_app(
     run_scheduler: Optional[bool] = None,
     handler: Optional[Callable[[Context], Reply]] = None,
     answer_deadline: float = ANSWER_DEADLINE,
+    reply_sweep_every: float = REPLY_SWEEP_EVERY,
+    read_timeout: float = READ_TIMEOUT,
 ) -> web.Application:
     """The webhook application; starting it migrates the database and starts background work.
 
-    `handler` and `answer_deadline` exist for tests and benchmarks; `serve` uses the defaults.
+    `handler`, `answer_deadline`, `reply_sweep_every` and `read_timeout` exist for tests and
+    benchmarks; `serve` uses the defaults.
     """
     services = build_services(config, clock=clock, handler=handler, answer_deadline=answer_deadline)
     app = web.Application(client_max_size=MAX_BODY)
     app[SERVICES] = services
+    app[READ_TIMEOUT_KEY] = read_timeout
     app.router.add_get(config.wechat.path, _verify_url)
     app.router.add_post(config.wechat.path, _receive_push)
     app.router.add_get("/healthz", _healthz)
@@ -111,6 +125,8 @@ def create_app(
         await services.db.upgrade()
         if run_sender:
             services.background.append(asyncio.create_task(services.sender.run(services.stopping)))
+        services.background.append(asyncio.create_task(
+            sweep_replies(services.db, services.clock, every=reply_sweep_every, stopping=services.stopping)))
         if scheduler_on:
             services.scheduler.start()
         yield
@@ -127,6 +143,22 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+async def sweep_replies(db: Database, clock: Clock, *, every: float, stopping: asyncio.Event) -> None:
+    """Null stored replies once WeChat can no longer retry their push, until `stopping` is set."""
+    swept_to: datetime | None = None
+    while not stopping.is_set():
+        cutoff = clock.now() - pushes.REPLY_TTL
+        # After the first sweep only the newest rows can hold a reply: scan those, with margin.
+        since = swept_to - pushes.REPLY_TTL if swept_to is not None else None
+        try:
+            await db.run(pushes.forget_replies, older_than=cutoff, newer_than=since)
+            swept_to = cutoff
+        except Exception as exc:  # noqa: BLE001 - a failed sweep is retried at the next one
+            log.warning("could not forget old stored replies: %s", type(exc).__name__)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), every)
 
 
 def _remote(request: web.Request) -> str:
@@ -148,26 +180,51 @@ async def _receive_push(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > MAX_BODY:
         log.warning("refused push from %s: body of %d bytes", _remote(request), request.content_length)
         return web.Response(status=413, text="body too large")
+    read_timeout = request.app[READ_TIMEOUT_KEY]
     try:
-        body = await request.read()
+        # aiohttp would wait for a stalled body as long as the client keeps the socket open.
+        body = await asyncio.wait_for(request.read(), read_timeout)
     except web.HTTPRequestEntityTooLarge:
         log.warning("refused push from %s: body over %d bytes", _remote(request), MAX_BODY)
         return web.Response(status=413, text="body too large")
+    except TimeoutError:
+        log.warning("refused push from %s: body not received within %g s", _remote(request), read_timeout)
+        slow = web.Response(status=408, text="request body too slow")
+        slow.force_close()
+        return slow
     try:
         push = services.pushes.read(request.query, body, now=services.clock.now().timestamp())
     except PushRejected as exc:
         log.warning("refused push from %s: %s", _remote(request), exc.reason)
         return web.Response(status=exc.status, text=exc.reason)
+    if not push.encrypted and not await _nonce_fits(services, push, body):
+        log.warning("refused push from %s: its timestamp and nonce came before with another body "
+                    "(a replayed signature)", _remote(request))
+        return web.Response(status=403, text="signature already used")
     reply = await services.dispatcher.answer(push.event)
     answer = services.pushes.render(push, reply)
     return web.Response(text=answer, content_type="text/plain" if answer == "success" else "application/xml")
+
+
+async def _nonce_fits(services: Services, push: VerifiedPush, body: bytes) -> bool:
+    """A plain push's signature does not cover its body: one (timestamp, nonce), one body."""
+    now = services.clock.now()
+    skew = services.config.wechat.max_clock_skew_seconds
+    window = timedelta(seconds=skew) if skew else NONCE_WINDOW_UNCHECKED
+    prune_before = None
+    if services.next_nonce_prune is None or now >= services.next_nonce_prune:
+        services.next_nonce_prune = now + NONCE_PRUNE_EVERY
+        # A timestamp up to one window ahead is fresh until one window after it: keep two.
+        prune_before = now - 2 * window
+    return await services.db.run(push_nonces.remember, timestamp=push.timestamp, nonce=push.nonce,
+                                 body=body, now=now, prune_before=prune_before)
 
 
 async def _export(request: web.Request) -> web.Response:
     """A member's one-time data export link; used, expired or unknown links are 404."""
     services = request.app[SERVICES]
     token = request.match_info["token"]
-    if not 16 <= len(token) <= 64:
+    if not exports.is_token(token):  # NUL bytes, path tricks, megabytes: never a database error
         raise web.HTTPNotFound(text="not found")
     data = await services.db.run(rights.export_for_link, token=token, now=services.clock.now())
     if not data:

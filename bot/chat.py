@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sys
 import uuid
 from dataclasses import replace
@@ -19,11 +21,15 @@ from storage.db import Database
 
 PLATFORM = "chat"
 QUIT = {":q", ":quit", ":exit"}
+# How often an idle terminal looks for messages sent to its member (by other members' actions).
+POLL_EVERY = 1.0
+
+log = logging.getLogger(__name__)
 
 
 async def run_chat(config: Config, *, user: str, stdin: Optional[TextIO] = None,
-                   stdout: Optional[TextIO] = None) -> int:
-    """Read lines as the member's messages and print the bot's answers and queued messages."""
+                   stdout: Optional[TextIO] = None, poll_every: float = POLL_EVERY) -> int:
+    """Read lines as the member's messages; print the answers, and messages as they arrive."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     user = user.strip()
     if not user:
@@ -32,7 +38,7 @@ async def run_chat(config: Config, *, user: str, stdin: Optional[TextIO] = None,
     clock = SystemClock()
     db = Database(config.storage.url)
     await db.upgrade()
-    from bot.app import handler_settings
+    from bot.app import REPLY_SWEEP_EVERY, handler_settings, sweep_replies
 
     # A terminal cannot show a QR code image, so invites there are codes only.
     settings = replace(handler_settings(config), qr_invites=False)
@@ -52,10 +58,32 @@ async def run_chat(config: Config, *, user: str, stdin: Optional[TextIO] = None,
             say(_indent("bot", reply))
         await show_queued()
 
-    async def show_queued() -> None:
-        for payload in await db.run(outbox_terminal.take_for, platform=PLATFORM, openid=user, now=clock.now()):
-            say(_indent("bot (message)", as_plain_text(reply_from_json(payload))))
+    # The poller and the answer to a typed line both take queued messages: one at a time, so
+    # that on PostgreSQL two transactions never show the same message twice.
+    taking = asyncio.Lock()
 
+    async def show_queued(*, idle: bool = False) -> None:
+        async with taking:
+            payloads = await db.run(outbox_terminal.take_for, platform=PLATFORM, openid=user,
+                                    now=clock.now())
+        if payloads and idle and interactive:
+            stdout.write("\r\x1b[K")  # over the prompt, which is written again below
+        for payload in payloads:
+            say(_indent("bot (message)", as_plain_text(reply_from_json(payload))))
+        if payloads and idle and interactive:
+            stdout.write(f"{user}> ")
+            stdout.flush()
+
+    async def poll() -> None:
+        while True:
+            await asyncio.sleep(poll_every)
+            try:
+                await show_queued(idle=True)
+            except Exception as exc:  # noqa: BLE001 - the next poll tries again
+                log.warning("could not read messages for %s: %s", user, type(exc).__name__)
+
+    stopping = asyncio.Event()
+    background: list[asyncio.Task[None]] = []
     try:
         known = await db.run(members.get, platform=PLATFORM, openid=user)
         lang = known.lang if known and known.lang else DEFAULT_LANG
@@ -64,6 +92,10 @@ async def run_chat(config: Config, *, user: str, stdin: Optional[TextIO] = None,
             await send(EventKind.SUBSCRIBE)  # a new member follows first, as on WeChat
         else:
             await show_queued()
+        background = [asyncio.create_task(poll()),
+                      # Stored replies quote cards; a terminal forgets them as `serve` does.
+                      asyncio.create_task(sweep_replies(db, clock, every=REPLY_SWEEP_EVERY,
+                                                        stopping=stopping))]
         while True:
             if interactive:
                 stdout.write(f"{user}> ")
@@ -77,6 +109,11 @@ async def run_chat(config: Config, *, user: str, stdin: Optional[TextIO] = None,
             if line.strip():
                 await send(EventKind.TEXT, line)
     finally:
+        stopping.set()
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await db.dispose()
     return 0
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
+import socket
 import sys
 from datetime import datetime
 from typing import Optional, Sequence
@@ -32,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     db = add("db", "database maintenance")
     db.add_argument("action", choices=["upgrade"], help="upgrade: apply every migration, nothing else")
     job = add("run-job", "run one scheduled job now, or as of a given time")
-    job.add_argument("name", help="the job's name (see `yinjian run-job --list`)", nargs="?")
+    job.add_argument("name", help="the job's name; without one, the jobs are listed", nargs="?")
     job.add_argument("--at", metavar="ISO-8601-TIME", help="run as of this time (naive times are in "
                      "scheduler.timezone)")
     job.add_argument("--list", action="store_true", help="list the jobs")
@@ -48,20 +50,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # aiohttp's access log would print every push's query string, signatures included.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    # Library chatter that says nothing an operator needs (our own lines say what started).
-    for noisy in ("alembic.runtime.plugins", "apscheduler"):
+    # Library chatter that says nothing an operator needs (our own lines say what started, and
+    # storage.db says when migrations ran); -v shows Alembic's lines again.
+    for noisy in ("apscheduler",) if args.verbose else ("alembic", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         config = load_config(args.config)
         if args.command == "serve":
             return _serve(config)
         if args.command == "db":
+            _describe_storage(config)
             return _db_upgrade(config)
         if args.command == "run-job":
             return asyncio.run(_run_job(config, args.name, args.at, args.list))
         if args.command == "chat":
             from bot.chat import run_chat
 
+            _describe_storage(config)
             return asyncio.run(run_chat(config, user=args.user))
     except ConfigError as exc:
         print(f"yinjian: configuration error: {exc}", file=sys.stderr)
@@ -74,12 +79,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _describe(config: Config) -> None:
-    from storage.db import is_sqlite
+def _describe_storage(config: Config) -> None:
+    """Say which database this command uses: a SQLite file by its absolute path."""
+    from storage.db import sqlite_path
 
+    path = sqlite_path(config.storage.url)
+    log.info("storage: %s", "PostgreSQL" if path is None else f"SQLite {path}")
+
+
+def _describe(config: Config) -> None:
     log.info("configuration: %s", config.source)
-    log.info("storage: %s", "SQLite " + config.storage.url.split("///", 1)[-1]
-             if is_sqlite(config.storage.url) else "PostgreSQL")
+    _describe_storage(config)
     if config.dev_token:
         log.info("development token (set wechat.token for a real account): %s", config.wechat.token)
     if not config.wechat.api_configured:
@@ -87,21 +97,48 @@ def _describe(config: Config) -> None:
                  "log instead of being sent")
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """The webhook's listening socket, bound before anything else starts."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        # As aiohttp would: a restart must not wait for the old connections' TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def _serve(config: Config) -> int:
     from bot.app import create_app
 
+    host, port = config.server.host, config.server.port
+    # Bound first, so a taken port fails at once: before migrations, the scheduler or the sender.
+    try:
+        sock = _listen(host, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            print(f"yinjian: {host}:{port} is already in use; stop what listens there or choose "
+                  "another server.port", file=sys.stderr)
+        else:
+            print(f"yinjian: cannot listen on {host}:{port} ({exc.strerror or exc}); check server.host "
+                  "and server.port", file=sys.stderr)
+        return 2
     _describe(config)
     mode = "safe/compatible and plain" if config.wechat.encoding_aes_key else "plain"
     log.info("webhook at http://%s:%d%s (%s mode); try it with `yinjian chat --user NAME`",
-             config.server.host, config.server.port, config.wechat.path, mode)
+             host, port, config.wechat.path, mode)
     app = create_app(config)
     # The event loop and the database thread share the GIL. With Python's default 5 ms switch
     # interval the database thread waits that long to get it back after every SQLite call;
     # 0.2 ms gave about 20 % more pushes per second in bench/webhook_load.py.
     sys.setswitchinterval(0.0002)
     try:
-        web.run_app(app, host=config.server.host, port=config.server.port, print=None,
-                    access_log=None)
+        web.run_app(app, sock=sock, print=None, access_log=None)
     except Exception as exc:
         if _is_database_error(exc):
             print(f"yinjian: cannot use the database at storage.url: {_short(exc)}", file=sys.stderr)
@@ -132,9 +169,10 @@ async def _run_job(config: Config, name: Optional[str], at: Optional[str], list_
     from storage.db import Database
 
     if list_only or not name:
+        # Without a name, the question is "which jobs are there?": answering it is no error.
         for spec in JOBS.values():
             print(f"{spec.name}\t{spec.summary}")
-        return 0 if list_only else 2
+        return 0
     if name not in JOBS:
         print(f"yinjian: unknown job {name!r}; jobs: {', '.join(JOBS)}", file=sys.stderr)
         return 2
@@ -148,6 +186,7 @@ async def _run_job(config: Config, name: Optional[str], at: Optional[str], list_
             return 2
         if when.tzinfo is None:
             when = when.replace(tzinfo=ZoneInfo(config.scheduler.timezone))
+    _describe_storage(config)
     db = Database(config.storage.url)
     try:
         await db.upgrade()

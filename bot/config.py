@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from platformdirs import user_data_dir
+
 DEFAULT_API_BASE_URL = "https://api.weixin.qq.com"
-DEFAULT_DB_URL = "sqlite:///./yinjian.db"
 ENV_PREFIX = "YINJIAN_"
 _AES_KEY_RE = re.compile(r"^[A-Za-z0-9]{43}$")
 
@@ -36,11 +37,16 @@ class ServerConfig:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
+def default_db_url() -> str:
+    """The embedded default: yinjian.db in the user's data folder, the same from any folder."""
+    return f"sqlite:///{Path(user_data_dir('yinjian')).absolute() / 'yinjian.db'}"
+
+
 @dataclass(frozen=True)
 class StorageConfig:
-    """[storage]: the database URL (SQLite or PostgreSQL)."""
+    """[storage]: the database URL (SQLite or PostgreSQL); empty means the embedded default."""
 
-    url: str = DEFAULT_DB_URL
+    url: str = field(default_factory=default_db_url)
 
 
 @dataclass(frozen=True)
@@ -204,6 +210,8 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             raise ConfigError(f"unknown key {section}.{key} in environment variable {var}")
         values[section][key] = _coerce(section, key, raw, types[key], from_env=True)
 
+    if not values["storage"].get("url"):
+        values["storage"].pop("url", None)  # `url = ""` in a copied example: the default
     cfg = Config(
         server=ServerConfig(**values["server"]),
         storage=StorageConfig(**values["storage"]),

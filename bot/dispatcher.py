@@ -154,7 +154,7 @@ class Dispatcher:
         if not pushes.claim(session, key=event.dedupe_key, openid=event.member_id, now=now):
             log.info("duplicate push %s answered from its stored result", event.dedupe_key)
             outcome.duplicate = True
-            return reply_from_json(pushes.stored_reply(session, key=event.dedupe_key))
+            return reply_from_json(pushes.stored_reply(session, key=event.dedupe_key, now=now))
         member = members.touch(
             session, platform=event.platform, openid=event.member_id, now=now,
             user_message=event.is_user_message,

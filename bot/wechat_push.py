@@ -29,6 +29,12 @@ from handlers.replies import NoReply, Reply, as_plain_text
 
 PLATFORM = "oa"
 _DOCTYPE = re.compile(rb"<!\s*(doctype|entity)", re.IGNORECASE)
+# The nonce is echoed into the CDATA of an encrypted reply: WeChat's are digits; allow no markup.
+_NONCE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Unix seconds in ASCII digits (str.isdigit also takes '²'); 12 digits last for 30,000 years.
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+# Characters XML 1.0 does not allow at all, not even in CDATA.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 class PushRejected(Exception):
@@ -58,6 +64,7 @@ class VerifiedPush:
 
     event: InboundEvent
     encrypted: bool
+    timestamp: str
     nonce: str
     to_user: str
 
@@ -74,7 +81,7 @@ class OfficialAccountPushes:
 
     def _check_query(self, query: Mapping[str, str], now: float) -> tuple[str, str]:
         timestamp, nonce = query.get("timestamp", ""), query.get("nonce", "")
-        if not timestamp.isdigit() or not nonce or len(nonce) > 64:
+        if not _TIMESTAMP.fullmatch(timestamp) or not _NONCE.fullmatch(nonce):
             raise PushRejected(400, "missing or malformed timestamp/nonce")
         _check(sign(self.config.token, timestamp, nonce), query.get("signature"), "signature")
         skew = self.config.max_clock_skew_seconds
@@ -94,6 +101,13 @@ class OfficialAccountPushes:
         """Verify and parse a POSTed push in plain, compatible or safe mode."""
         timestamp, nonce = self._check_query(query, time.time() if now is None else now)
         encrypted = query.get("encrypt_type", "raw").lower() == "aes"
+        if not encrypted and self.crypto is not None:
+            # With an EncodingAESKey the account is in safe or compatible mode, and WeChat signs
+            # the body (msg_signature). A plain push here is someone replaying a captured URL,
+            # whose `signature` covers only timestamp and nonce, with a body of their own.
+            raise PushRejected(403, "plain push, but wechat.encoding_aes_key is set (safe or "
+                               "compatible mode); if the account was switched to plain mode, "
+                               "clear wechat.encoding_aes_key")
         if encrypted:
             xml = _parse_xml(body)
             if self.crypto is None:
@@ -124,19 +138,30 @@ class OfficialAccountPushes:
         except (KeyError, TypeError, AttributeError):
             raise PushRejected(400, "push without an <xml> root or MsgType") from None
         data: Mapping[str, Any] = getattr(msg, "_data", None) or {}
-        return VerifiedPush(event=_to_event(msg, data), encrypted=encrypted, nonce=nonce,
-                            to_user=str(data.get("ToUserName") or ""))
+        return VerifiedPush(event=_to_event(msg, data), encrypted=encrypted, timestamp=timestamp,
+                            nonce=nonce, to_user=str(data.get("ToUserName") or ""))
 
     def render(self, push: VerifiedPush, reply: Reply) -> str:
         """The HTTP body that answers a push: `success`, or a (possibly encrypted) XML reply."""
         if isinstance(reply, NoReply):
             return "success"
+        # wechatpy puts each value into CDATA as it is; a `]]>` in a card would end it there.
         xml = WeChatTextReply(
-            source=push.to_user, target=push.event.member_id, content=as_plain_text(reply)
+            source=cdata_safe(push.to_user), target=cdata_safe(push.event.member_id),
+            content=cdata_safe(as_plain_text(reply)),
         ).render()
         if push.encrypted and self.crypto is not None:
             return str(self.crypto.encrypt_message(xml, push.nonce))
         return str(xml)
+
+
+def cdata_safe(text: str) -> str:
+    """Text to place inside <![CDATA[…]]>: any `]]>` is split across two sections.
+
+    The XML stays well-formed and reads back as exactly the same text; characters XML cannot
+    carry at all are dropped.
+    """
+    return _NOT_XML.sub("", text).replace("]]>", "]]]]><![CDATA[>")
 
 
 def _refuse_declarations(body: bytes) -> None:
@@ -168,7 +193,8 @@ def _to_event(msg: Any, data: Mapping[str, Any]) -> InboundEvent:
     openid = str(msg.source)
     msg_id = str(data.get("MsgId") or "")
     event_name = str(data.get("Event") or "")
-    key = f"msg:{msg_id}" if msg_id and msg_id != "0" else f"evt:{openid}:{created}:{event_name}"
+    # MsgId alone is not enough: a stored reply (an export link, say) belongs to its sender.
+    key = f"msg:{openid}:{msg_id}" if msg_id and msg_id != "0" else f"evt:{openid}:{created}:{event_name}"
     kind = EventKind.OTHER
     extra: dict[str, str] = {}
     if msg.type == "text":

@@ -39,8 +39,9 @@ class JobSpec:
 
 # WeChat retries a push for well under a minute; three days of keys is a generous margin.
 PUSH_KEY_RETENTION = timedelta(days=3)
-# Stored replies can quote cards; a retry comes within seconds, so an hour is plenty.
-REPLY_RETENTION = timedelta(hours=1)
+# Stored replies can quote cards and serve only WeChat's retries, within seconds. `serve`
+# sweeps them every few seconds; this catches what a stopped server left.
+REPLY_RETENTION = pushes.REPLY_TTL
 # A weekly digest's window is the 7 days before its Monday 09:00, in any time zone.
 DIGEST_LOOKBACK = timedelta(days=9)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -43,6 +45,14 @@ def sync_url(url: str) -> str:
 def is_sqlite(url: str) -> bool:
     """True for a SQLite storage.url."""
     return make_url(url).get_backend_name() == "sqlite"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The absolute path of a SQLite storage.url's file; None for PostgreSQL or in-memory."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database).expanduser().resolve()
 
 
 def _tune_sqlite(engine: sa.Engine) -> None:
@@ -104,14 +114,17 @@ class Database:
 
     def upgrade_sync(self) -> None:
         """Bring the schema to the newest migration (blocking; Alembic is synchronous)."""
-        if self.sqlite:
-            path = make_url(self.sync_url).database
-            if path and path != ":memory:":
-                Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_path(self.sync_url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         cfg.attributes["sync_url"] = self.sync_url
         command.upgrade(cfg, "head")
+        # Alembic's own INFO lines are silenced by the CLI; this is the one that matters.
+        applied: list[str] = cfg.attributes.get("applied", [])
+        if applied:
+            log.info("database migrated to %s (applied %s)", applied[-1], ", ".join(applied))
 
     async def upgrade(self) -> None:
         """Run the migrations without blocking the event loop."""

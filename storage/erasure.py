@@ -22,7 +22,6 @@ from storage.models import (
     ContactSeq,
     Dialog,
     ExportLink,
-    InboundPush,
     Invite,
     Member,
     MemberSettings,
@@ -61,16 +60,9 @@ def erase_member(session: Session, *, member: MemberRecord, keep_push_key: Optio
         sa.delete(MemberSettings).where(col(MemberSettings.member_id) == mid),
     ):
         session.execute(stmt)
-    own_pushes = sa.delete(InboundPush).where(col(InboundPush.member_openid) == member.openid)
-    if keep_push_key is not None:
-        own_pushes = own_pushes.where(col(InboundPush.key) != keep_push_key)
-        # The kept key is a message id; it no longer says whose message it was.
-        session.execute(sa.update(InboundPush).where(col(InboundPush.key) == keep_push_key)
-                              .values(member_openid=""))
-    session.execute(own_pushes)
-    # Replies stored for other members' pushes may quote this member's card. WeChat retries
-    # only within seconds, so forgetting them all costs at most a repeated answer.
-    pushes.forget_replies(session, except_key=keep_push_key)
+    # Their pushes go, but for the one being answered, whose stored key (a digest) must keep
+    # deduplicating; replies stored for others may quote this member's card, so they go too.
+    pushes.forget_member(session, openid=member.openid, keep_key=keep_push_key)
     session.execute(sa.delete(Member).where(col(Member.id) == mid))
     member.status = MemberStatus.ERASED
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,11 +15,19 @@ from storage import asks, cards, followups, intros, privacy
 from storage.models import ExportLink, Invite, Member
 
 LINK_TTL = timedelta(hours=24)
+TOKEN_BYTES = 24
+# secrets.token_urlsafe(TOKEN_BYTES): base64url without padding, 4 characters per 3 bytes.
+_TOKEN = re.compile(rf"[A-Za-z0-9_-]{{{TOKEN_BYTES * 4 // 3}}}")
+
+
+def is_token(token: str) -> bool:
+    """True when `token` could be one of ours; anything else never reaches the database."""
+    return _TOKEN.fullmatch(token) is not None
 
 
 def create_link(session: Session, *, member_id: int, now: datetime) -> ExportLink:
     """A fresh one-time link, valid for 24 hours."""
-    link = ExportLink(token=secrets.token_urlsafe(24), member_id=member_id, created_at=now,
+    link = ExportLink(token=secrets.token_urlsafe(TOKEN_BYTES), member_id=member_id, created_at=now,
                       expires_at=now + LINK_TTL)
     session.add(link)
     session.flush()

@@ -54,10 +54,18 @@ async def running_bot(
     handler: Optional[Callable[[Context], Reply]] = None,
     answer_deadline: Optional[float] = None,
     run_sender: bool = False,
+    **app_options: Any,
 ) -> AsyncIterator[RunningBot]:
-    """Start the app on a free loopback port; stop it cleanly afterwards."""
+    """Start the app on a free loopback port; stop it cleanly afterwards.
+
+    `mode="plain"` runs the bot as a plain-mode account is configured: without an
+    EncodingAESKey (make_config always sets one, and a bot with a key refuses plain pushes).
+    """
+    if mode == "plain":
+        config = replace(config, wechat=replace(config.wechat, encoding_aes_key=""))
+    # app_options: create_app's knobs for tests (reply_sweep_every, read_timeout …).
     kwargs: dict[str, Any] = {"clock": clock, "handler": handler, "run_sender": run_sender,
-                              "run_scheduler": False}
+                              "run_scheduler": False, **app_options}
     if answer_deadline is not None:
         kwargs["answer_deadline"] = answer_deadline
     app: web.Application = create_app(config, **kwargs)

@@ -26,6 +26,20 @@ from tests.fakes.wechat_server import FakeWeChatServer, text_xml
 YINJIAN = str(Path(sys.executable).with_name("yinjian"))
 
 
+@pytest.fixture(autouse=True)
+def _own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every `yinjian` started here gets a home and data folder of its own (the default DB)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+    return home
+
+
+def default_db(home: Path) -> Path:
+    """Where the embedded default database lives for that home (platformdirs on Linux)."""
+    return home / "data" / "yinjian" / "yinjian.db"
+
+
 def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
         stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("YINJIAN_")}
@@ -90,10 +104,27 @@ def test_example_config_documents_and_loads_every_key() -> None:
             assert re.search(rf"^{f.name} = ", text, re.M), f"{section}.{f.name} is not documented"
 
 
-def test_no_config_is_the_embedded_default() -> None:
+def test_no_config_is_the_embedded_default(_own_home: Path) -> None:
     cfg = load_config(None, env={})
-    assert cfg.storage.url == "sqlite:///./yinjian.db" and cfg.dev_token and cfg.wechat.token
+    assert cfg.storage.url == f"sqlite:///{default_db(_own_home)}" and cfg.dev_token and cfg.wechat.token
     assert not cfg.wechat.api_configured
+    # `url = ""`, as in a copy of config.example.toml, is the embedded default too.
+    assert load_config(None, env={"YINJIAN_STORAGE__URL": ""}).storage.url == cfg.storage.url
+
+
+def test_commands_from_different_folders_share_the_default_database(
+        tmp_path: Path, _own_home: Path) -> None:
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    alice = run("chat", "--user", "alice", cwd=here, stdin="lang en\nset name Alice\ninvite\n")
+    assert f"SQLite {default_db(_own_home)}" in alice.stderr  # the absolute path, at start
+    code = re.search(r"^\s*join ([A-Z2-9]{6,10})$", alice.stdout, re.M)
+    assert code, alice.stdout
+    bob = run("chat", "--user", "bob", cwd=there, stdin=f"lang en\njoin {code.group(1)}\n")
+    assert "connected with Alice" in bob.stdout, bob.stdout
+    assert default_db(_own_home).exists()
+    assert not (here / "yinjian.db").exists() and not (there / "yinjian.db").exists()
 
 
 # --- db upgrade and run-job --------------------------------------------------------------------
@@ -108,6 +139,23 @@ def test_db_upgrade_creates_the_schema(db_url: str) -> None:
         engine.dispose()
 
 
+ALEMBIC_CHATTER = ("Context impl", "Will assume", "Running upgrade", "alembic")
+
+
+def test_start_up_logs_are_quiet(tmp_path: Path) -> None:
+    env = {"YINJIAN_STORAGE__URL": f"sqlite:///{tmp_path / 'quiet.db'}"}
+    first = run("db", "upgrade", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "database migrated to" in first.stderr  # one line of our own when migrations ran
+    assert not any(noise in first.stderr for noise in ALEMBIC_CHATTER), first.stderr
+    for args, stdin in ((("db", "upgrade"), None), (("run-job", "prune-pushes"), None),
+                        (("chat", "--user", "quiet"), "help\n")):
+        again = run(*args, env=env, stdin=stdin)
+        assert again.returncode == 0, again.stderr
+        assert not any(noise in again.stderr for noise in ALEMBIC_CHATTER), (args, again.stderr)
+        assert "migrated" not in again.stderr
+
+
 async def test_run_job_as_of_a_time(db_url: str) -> None:
     db = Database(db_url)
     await db.upgrade()
@@ -119,9 +167,10 @@ async def test_run_job_as_of_a_time(db_url: str) -> None:
     assert result.returncode == 0, result.stderr
     assert "removed 1" in result.stdout
     with db.session() as s:
-        keys = (s.execute(sa.select(InboundPush.key))).scalars().all()
+        assert (s.execute(sa.select(sa.func.count()).select_from(InboundPush))).scalar_one() == 1
+        assert not pushes.claim(s, key="new", openid="o", now=datetime(2026, 1, 10, tzinfo=timezone.utc))
+        assert pushes.claim(s, key="old", openid="o", now=datetime(2026, 1, 10, tzinfo=timezone.utc))
     await db.dispose()
-    assert keys == ["new"]
 
 
 def test_run_job_errors(tmp_path: Path) -> None:
@@ -132,6 +181,17 @@ def test_run_job_errors(tmp_path: Path) -> None:
     assert bad_time.returncode == 2 and "ISO-8601" in bad_time.stderr
     listed = run("run-job", "--list", env=env)
     assert listed.returncode == 0 and "prune-pushes" in listed.stdout
+
+
+def test_run_job_without_a_name_lists_the_jobs(tmp_path: Path) -> None:
+    from scheduler.jobs import JOBS
+
+    env = {"YINJIAN_STORAGE__URL": f"sqlite:///{tmp_path / 'j.db'}"}
+    listed = run("run-job", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == list(JOBS)
+    unknown = run("run-job", "no-such-job", env=env)
+    assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1
 
 
 def test_unreachable_database_is_one_line(tmp_path: Path) -> None:
@@ -173,7 +233,7 @@ def _stop(proc: subprocess.Popen[str]) -> str:
     return err
 
 
-async def test_serve_on_the_embedded_default(tmp_path: Path) -> None:
+async def test_serve_on_the_embedded_default(tmp_path: Path, _own_home: Path) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("YINJIAN_")}
     env["YINJIAN_SERVER__PORT"] = str(port)
@@ -181,12 +241,28 @@ async def test_serve_on_the_embedded_default(tmp_path: Path) -> None:
                             stdout=subprocess.PIPE, text=True)
     try:
         await _wait_healthy(port, proc)
-        assert (tmp_path / "yinjian.db").exists()
+        assert default_db(_own_home).exists() and not (tmp_path / "yinjian.db").exists()
     finally:
         log = _stop(proc)
+    assert f"storage: SQLite {default_db(_own_home)}" in log
     token = re.search(r"development token[^:]*: (\w+)", log)
     assert token, log
     assert "recorded in the database and the log" in log
+
+
+def test_serve_on_a_taken_port_fails_at_once(tmp_path: Path) -> None:
+    db_file = tmp_path / "never.db"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", env={"YINJIAN_SERVER__PORT": str(port),
+                                   "YINJIAN_STORAGE__URL": f"sqlite:///{db_file}",
+                                   "YINJIAN_SCHEDULER__ENABLED": "true"}, timeout=30)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "server.port" in lines[0], lines
+    assert not db_file.exists()  # nothing was migrated, scheduled or sent before it gave up
 
 
 async def test_serve_answers_a_safe_mode_push(db_url: str, tmp_path: Path) -> None:
@@ -216,6 +292,7 @@ enabled = true
     finally:
         log = _stop(proc)
     assert "scheduler started with jobs: prune-pushes, purge-deactivated" in log
+    assert not any(noise in log for noise in ALEMBIC_CHATTER), log
     assert "servetoken1" not in log and "帮助" not in log  # no secret, no member text at INFO
 
 
@@ -256,6 +333,36 @@ async def test_chat_shows_messages_queued_for_the_member(db_url: str) -> None:
     with db.session() as s:
         assert (s.execute(sa.select(OutboxMessage.status))).scalar_one() == "sent"
     await db.dispose()
+
+
+async def test_idle_chat_shows_a_message_as_it_arrives(db_url: str) -> None:
+    env = {"YINJIAN_STORAGE__URL": db_url}
+    alice = await asyncio.to_thread(run, "chat", "--user", "alice", env=env,
+                                    stdin="lang en\nset name Alice\ninvite\n")
+    code = re.search(r"^\s*join ([A-Z2-9]{6,10})$", alice.stdout, re.M)
+    assert code, alice.stdout
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("YINJIAN_")} | env
+    # Alice sits at her terminal and types nothing: stdin is an open pipe that stays silent.
+    proc = await asyncio.create_subprocess_exec(
+        YINJIAN, "chat", "--user", "alice", env=full_env, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        banner = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert b"Chatting with Yinjian as alice" in banner
+        bob = await asyncio.to_thread(run, "chat", "--user", "bob", env=env,
+                                      stdin=f"set name Bob\njoin {code.group(1)}\n")
+        assert bob.returncode == 0, bob.stderr
+
+        async def until_shown() -> bytes:
+            while b"Bob used your invite" not in (line := await proc.stdout.readline()):  # type: ignore[union-attr]
+                assert line, "alice's chat ended without showing the message"
+            return line
+
+        assert (await asyncio.wait_for(until_shown(), 5)).startswith(b"bot (message): ")
+    finally:
+        proc.stdin.close()
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
 
 
 def test_newcomer_flow_in_the_terminal(tmp_path: Path) -> None:

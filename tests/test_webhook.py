@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
+from datetime import datetime, timezone
 from typing import AsyncIterator
 
 import aiohttp
 import pytest
 import sqlalchemy as sa
+from sqlmodel import col
 
 from handlers import core
 from handlers.context import Context
@@ -225,6 +228,49 @@ async def test_malformed_or_dangerous_xml(bot: RunningBot, bad: str) -> None:
     await _good_push_still_works(bot)
 
 
+@pytest.mark.parametrize("timestamp", ["²", "1" * 400, "١٧١٤٠٣٧٠٥٩", "-5", " 1714037059", "1e9"])
+async def test_signed_but_odd_timestamp_is_a_400(bot: RunningBot, timestamp: str) -> None:
+    query, body = bot.wechat.sign_query(text_xml("o", "help", bot.wechat.next_msg_id()))
+    query["timestamp"] = timestamp
+    query["signature"] = signature(bot.wechat.token, timestamp, query["nonce"])
+    if "msg_signature" in query:
+        encrypted = re.search(r"<Encrypt><!\[CDATA\[(.*?)\]\]>", body)
+        assert encrypted
+        query["msg_signature"] = signature(bot.wechat.token, timestamp, query["nonce"], encrypted.group(1))
+    assert (await _post(bot, query, body))[0] == 400
+    await _good_push_still_works(bot)
+
+
+async def test_odd_export_tokens_are_404(db_url: str) -> None:
+    from yarl import URL
+
+    odd = ["%00" * 32, "x" * 31 + "%00", "..%2F..%2F..%2Fetc%2Fpasswd", "%2e%2e", "..%5C..%5Cx",
+           "%FF" * 32, "%C3%A9" * 32, "a" * 5000, "A" * 33, "A" * 31, "A" * 31 + "=", "A" * 31 + "%20"]
+    async with running_bot(make_config(db_url)) as bot:
+        async with aiohttp.ClientSession() as s:
+            for token in odd:
+                async with s.get(URL(bot.base_url.rstrip("/") + "/export/" + token, encoded=True)) as resp:
+                    assert resp.status == 404, (token[:40], resp.status, await resp.text())
+        await _good_push_still_works(bot)
+
+
+async def test_stalled_body_is_cut_off_with_408(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    async with running_bot(make_config(db_url), read_timeout=0.5) as bot:
+        query, body = bot.wechat.sign_query(text_xml("o_slow_body", "help", bot.wechat.next_msg_id()))
+        path = str(aiohttp.client.URL(bot.wechat.url).with_query(query).raw_path_qs)
+        reader, writer = await asyncio.open_connection(bot.server.host, bot.server.port)
+        try:
+            writer.write((f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\n"
+                          f"Content-Length: {len(body.encode())}\r\n\r\n").encode() + body.encode()[:20])
+            await writer.drain()  # and then nothing: the rest never comes
+            status_line = await asyncio.wait_for(reader.readline(), 10)
+        finally:
+            writer.close()
+        assert status_line.startswith(b"HTTP/1.1 408"), status_line
+        assert "body not received within" in caplog.text
+        await _good_push_still_works(bot)
+
+
 def _sign_inner(bot: RunningBot, inner: str) -> tuple[dict[str, str], str]:
     """Sign and encrypt arbitrary inner text, bypassing the fake's XML handling."""
     from tests.fakes.wechat_server import encrypt
@@ -268,6 +314,51 @@ async def test_encrypted_push_without_a_key_is_refused(db_url: str) -> None:
         await _good_push_still_works(bot)
 
 
+async def test_plain_push_to_a_safe_mode_bot_is_refused(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    # A captured push URL carries a valid `signature`, which covers only timestamp and nonce:
+    # in safe mode it must not sign a plain body of the attacker's choosing.
+    async with running_bot(make_config(db_url), mode="safe") as bot:
+        query, _ = bot.wechat.sign_query(text_xml("o_victim", "export", bot.wechat.next_msg_id()))
+        body = text_xml("o_victim", "export", bot.wechat.next_msg_id())
+        plain = {k: v for k, v in query.items() if k not in ("encrypt_type", "msg_signature")}
+        status, _ = await _post(bot, plain, body)
+        assert status == 403
+        assert "clear wechat.encoding_aes_key" in caplog.text
+        assert await member(bot, "o_victim") is None
+        await _good_push_still_works(bot)
+
+
+async def test_plain_mode_signature_signs_one_body_only(db_url: str) -> None:
+    # A captured plain push URL: the same body again is WeChat's retry and gets the stored
+    # reply; any other body under that signature is a forgery, at this worker or another.
+    cfg = make_config(db_url)
+    async with running_bot(cfg, mode="plain") as bot, running_bot(cfg, mode="plain") as other:
+        genuine = text_xml("o_nonce", "help", bot.wechat.next_msg_id())
+        query, body = bot.wechat.sign_query(genuine, nonce="424242")
+        status, first = await _post(bot, query, body)
+        assert status == 200 and "Commands" in first
+        forged = text_xml("o_nonce", "export", bot.wechat.next_msg_id())
+        assert (await _post(bot, query, forged))[0] == 403
+        assert (await _post(other, query, forged))[0] == 403
+        assert await _post(bot, query, body) == (200, first)  # WeChat's retry
+        assert await _post(other, query, body) == (200, first)
+        await _good_push_still_works(bot)
+
+
+async def test_old_plain_nonces_are_forgotten(db_url: str) -> None:
+    from bot.clock import FixedClock
+    from storage.models import PushNonce
+
+    clock = FixedClock(datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc))
+    async with running_bot(make_config(db_url), mode="plain", clock=clock) as bot:
+        for _ in range(3):
+            await say(bot, "o_prune", "help")
+        clock.advance(minutes=11)  # two clock-skew windows and then some
+        await say(bot, "o_prune", "help")
+        with bot.services.db.session() as s:
+            assert (s.execute(sa.select(sa.func.count()).select_from(PushNonce))).scalar_one() == 1
+
+
 # --- exactly once ---------------------------------------------------------------------------
 
 class CountingHandler:
@@ -289,7 +380,7 @@ async def test_same_msgid_three_times_concurrently_runs_once(db_url: str) -> Non
     async with running_bot(make_config(db_url), handler=handler) as bot:
         xml = text_xml("o_dup", "help", 777000111)
         answers = await asyncio.gather(*(bot.wechat.push(xml) for _ in range(3)))
-        assert handler.calls == Counter({"msg:777000111": 1})
+        assert handler.calls == Counter({"msg:o_dup:777000111": 1})
         assert {a.content for a in answers} == {answers[0].content} and "Commands" in (answers[0].content or "")
 
 
@@ -302,8 +393,60 @@ async def test_retry_after_restart_is_a_duplicate(db_url: str) -> None:
     second = CountingHandler()
     async with running_bot(cfg, handler=second) as bot:
         again = await bot.wechat.push(xml)
-    assert first.calls["msg:888000222"] == 1 and second.calls["msg:888000222"] == 0
+    assert first.calls["msg:o_restart:888000222"] == 1 and second.calls["msg:o_restart:888000222"] == 0
     assert again.content == answer.content == "From now on I will answer in English."
+
+
+async def test_a_stored_reply_belongs_to_its_sender(db_url: str) -> None:
+    # MsgIds are WeChat's, but nothing stops another openid from sending one already used:
+    # it must get its own answer, never the stored one (here, a one-time export link).
+    async with running_bot(make_config(db_url)) as bot:
+        await say(bot, "o_owner", "lang en")
+        mine = await bot.wechat.push(text_xml("o_owner", "export", 555000111))
+        assert "/export/" in (mine.content or "")
+        theirs = await bot.wechat.push(text_xml("o_thief", "help", 555000111))
+        assert "/export/" not in (theirs.content or "") and "Commands" in (theirs.content or "")
+        retry = await bot.wechat.push(text_xml("o_owner", "export", 555000111))
+        assert retry.content == mine.content  # the owner's retry still gets the stored reply
+
+
+async def test_a_retry_after_a_minute_gets_no_stored_reply(db_url: str) -> None:
+    from bot.clock import FixedClock
+
+    clock = FixedClock(datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc))
+    # The sweeper is as good as off: the stored reply itself must not be served once stale.
+    async with running_bot(make_config(db_url), clock=clock, reply_sweep_every=3600) as bot:
+        xml = text_xml("o_ttl", "export", bot.wechat.next_msg_id())
+        first = await bot.wechat.push(xml)
+        assert "/export/" in (first.content or "")
+        clock.advance(seconds=30)
+        assert (await bot.wechat.push(xml)).content == first.content  # WeChat's retry
+        clock.advance(seconds=31)
+        late = await bot.wechat.push(xml)
+        assert late.status == 200 and late.body == "success"
+
+
+async def test_stored_replies_are_swept_after_a_minute(db_url: str) -> None:
+    from bot.clock import FixedClock
+
+    def stored(bot: RunningBot) -> int:
+        with bot.services.db.session() as s:
+            return (s.execute(sa.select(sa.func.count()).select_from(InboundPush)
+                              .where(col(InboundPush.reply).is_not(None)))).scalar_one()
+
+    clock = FixedClock(datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc))
+    async with running_bot(make_config(db_url), clock=clock, reply_sweep_every=0.05) as bot:
+        await say(bot, "o_sweep", "export")
+        assert stored(bot) == 1
+        clock.advance(seconds=61)
+        await say(bot, "o_sweep", "help")  # a fresh reply, which the sweeper must leave alone
+        deadline = time.monotonic() + 10
+        while stored(bot) > 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # a few more sweeps
+        with bot.services.db.session() as s:
+            replies = (s.execute(sa.select(InboundPush.reply).order_by(InboundPush.received_at))).scalars().all()
+        assert replies[0] is None and "Commands" in (replies[1] or "")
 
 
 async def test_events_dedupe_on_sender_time_and_event(db_url: str) -> None:
@@ -331,7 +474,7 @@ async def test_slow_handler_answers_success_and_replies_through_the_outbox(db_ur
         assert len(rows) == 1 and "Commands" in rows[0].payload and rows[0].priority == 0
         # WeChat does not retry a push that was answered; if it did, nothing would run twice.
         await bot.wechat.push(text_xml("o_slow", "help", 999000333))
-        assert handler.calls["msg:999000333"] == 1
+        assert handler.calls["msg:o_slow:999000333"] == 1
 
 
 async def test_retry_during_slow_handling_waits_for_the_first_result(db_url: str) -> None:
@@ -342,7 +485,7 @@ async def test_retry_during_slow_handling_waits_for_the_first_result(db_url: str
         await asyncio.sleep(0.1)
         second = await bot.wechat.push(xml)
         assert (await first).content == second.content and "Commands" in (second.content or "")
-        assert handler.calls["msg:999000444"] == 1
+        assert handler.calls["msg:o_wait:999000444"] == 1
 
 
 async def test_failing_handler_apologises_and_the_next_push_works(db_url: str) -> None:
@@ -377,3 +520,74 @@ async def test_held_messages_are_released_by_the_members_next_message(db_url: st
         with bot.services.db.session() as s:
             statuses = (s.execute(sa.select(OutboxMessage.status).order_by(OutboxMessage.id))).scalars().all()
         assert statuses == ["sent", "sent", "sent", "pending"]
+
+
+# --- our text never breaks the reply XML ----------------------------------------------------
+
+HOSTILE_NAME = "M]]></Content></xml>"
+HOSTILE_TITLE = "CFO]]></Content><MsgType><![CDATA[news]]></MsgType>"
+HOSTILE_COMPANY = "Acme]]><![CDATA[</Content><MsgType>music</MsgType>"
+
+
+class RecordingHandler:
+    """The real handlers; remembers the text each member was answered, to compare with the XML."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, str] = {}
+
+    def __call__(self, ctx: Context) -> Reply:
+        from handlers.replies import as_plain_text
+
+        reply = core.handle(ctx)
+        self.last[ctx.event.member_id] = as_plain_text(reply)
+        return reply
+
+
+@pytest.mark.parametrize("mode", ["plain", "safe"])
+async def test_hostile_card_values_never_break_a_reply(db_url: str, mode: str) -> None:
+    handler = RecordingHandler()
+    async with running_bot(make_config(db_url), mode=mode, handler=handler) as bot:
+
+        async def ask(openid: str, command: str, *expected: str) -> str:
+            # The fake parses every answer strictly: well-formed, each element once.
+            answer = await bot.wechat.push(text_xml(openid, command, bot.wechat.next_msg_id()))
+            assert answer.status == 200 and answer.xml is not None, answer.body
+            assert answer.xml["MsgType"] == "text" and answer.xml["ToUserName"] == openid
+            assert answer.xml["Content"] == handler.last[openid]
+            for needle in expected:
+                assert needle in answer.xml["Content"], (command, needle, answer.xml["Content"])
+            return answer.xml["Content"]
+
+        for openid in ("o_m", "o_b", "o_c"):
+            await ask(openid, "lang en")
+        await ask("o_m", f"set name {HOSTILE_NAME}")
+        await ask("o_m", f"set title {HOSTILE_TITLE}")
+        await ask("o_m", f"set company {HOSTILE_COMPANY}")
+        code = re.search(r"join ([A-Z2-9]+)", await ask("o_m", "invite"))
+        assert code
+        await ask("o_b", "set name Ben")
+        await ask("o_b", f"join {code.group(1)}", HOSTILE_NAME)  # a choices reply: how well …?
+        code = re.search(r"join ([A-Z2-9]+)", await ask("o_b", "invite"))
+        assert code
+        await ask("o_c", "set name Cat")
+        await ask("o_c", f"join {code.group(1)}")
+        await ask("o_b", "contacts", HOSTILE_NAME)
+        await ask("o_c", "find CFO", HOSTILE_NAME, HOSTILE_TITLE)
+        await ask("o_c", "intro 1 Could you introduce us?")
+        await ask("o_b", "requests", HOSTILE_NAME, "accept ")  # a choices reply
+        await ask("o_m", "card", HOSTILE_NAME, HOSTILE_TITLE, HOSTILE_COMPANY)
+        await ask("o_m", "hi]]></Content><a>", "hi]]></Content><a>")  # an echo of what they typed
+        # The To/From names go into CDATA too.
+        odd = "o]]></ToUserName><MsgType>news</MsgType>"
+        answer = await bot.wechat.push(text_xml(odd, "help", bot.wechat.next_msg_id(), to="gh]]>x"))
+        assert answer.xml is not None and answer.xml["MsgType"] == "text"
+        assert answer.xml["ToUserName"] == odd and answer.xml["FromUserName"] == "gh]]>x"
+        assert answer.xml["Content"] == handler.last[odd]
+
+
+async def test_nonce_with_markup_is_refused(bot: RunningBot) -> None:
+    # The nonce is echoed into the encrypted reply's CDATA.
+    for nonce in ("1]]><x>", "a b", "n" * 65, "<"):
+        query, body = bot.wechat.sign_query(text_xml("o", "help", bot.wechat.next_msg_id()), nonce=nonce)
+        assert (await _post(bot, query, body))[0] == 400
+    await _good_push_still_works(bot)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import cast
+from collections.abc import Collection, Mapping
+from typing import Any, cast
 
 from alembic import context
+from alembic.runtime.migration import MigrationContext, MigrationInfo
 from sqlalchemy import create_engine, pool, text
 
 import storage.models  # noqa: F401  (registers the tables on the metadata)
@@ -14,6 +16,13 @@ config = context.config
 target_metadata = SQLModel.metadata
 # Any constant works: it only has to be the same for every worker that upgrades at once.
 _PG_MIGRATION_LOCK = 0x79696E6A
+
+
+def _applied(ctx: MigrationContext, step: MigrationInfo, heads: Collection[Any],
+             run_args: Mapping[str, Any]) -> None:
+    """Note each migration that really runs, so Database.upgrade can say so in one line."""
+    if step.is_upgrade:
+        config.attributes.setdefault("applied", []).append(step.up_revision_id)
 
 
 def run_migrations_online() -> None:
@@ -32,6 +41,7 @@ def run_migrations_online() -> None:
                 target_metadata=target_metadata,
                 render_as_batch=connection.dialect.name == "sqlite",
                 compare_type=True,
+                on_version_apply=_applied,
             )
             with context.begin_transaction():
                 context.run_migrations()

@@ -16,6 +16,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 import aiohttp
@@ -52,13 +53,29 @@ def decrypt(aes_key43: str, encrypted: str) -> tuple[str, str, bytes]:
     return raw[20 : 20 + length].decode(), raw[20 + length :].decode(), raw[:16]
 
 
+def cdata(text: str) -> str:
+    """Text as one CDATA value: a `]]>` inside is split across two sections, as XML requires."""
+    return "<![CDATA[" + text.replace("]]>", "]]]]><![CDATA[>") + "]]>"
+
+
 def text_xml(openid: str, content: str, msg_id: int, *, create_time: Optional[int] = None,
              to: str = "gh_fakeaccount", extra: str = "") -> str:
     """A text message push."""
     ts = int(time.time()) if create_time is None else create_time
-    return (f"<xml><ToUserName><![CDATA[{to}]]></ToUserName><FromUserName><![CDATA[{openid}]]>"
+    return (f"<xml><ToUserName>{cdata(to)}</ToUserName><FromUserName>{cdata(openid)}"
             f"</FromUserName><CreateTime>{ts}</CreateTime><MsgType><![CDATA[text]]></MsgType>"
-            f"<Content><![CDATA[{content}]]></Content><MsgId>{msg_id}</MsgId>{extra}</xml>")
+            f"<Content>{cdata(content)}</Content><MsgId>{msg_id}</MsgId>{extra}</xml>")
+
+
+def parse_strictly(xml: str) -> dict[str, str]:
+    """Read a flat <xml> message as WeChat must: well-formed, and every element at most once."""
+    root = ElementTree.fromstring(xml)  # expat: any broken markup raises ParseError
+    assert root.tag == "xml", f"reply root is <{root.tag}>"
+    tags = [child.tag for child in root]
+    assert len(tags) == len(set(tags)), f"reply repeats an element: {tags}"
+    for child in root:
+        assert len(child) == 0, f"reply element <{child.tag}> has markup inside: {xml!r}"
+    return {child.tag: child.text or "" for child in root}
 
 
 def event_xml(openid: str, event: str, *, key: Optional[str] = None, create_time: Optional[int] = None,
@@ -126,7 +143,7 @@ class FakeWeChatServer:
             body = xml[: -len("</xml>")] + f"<Encrypt><![CDATA[{enc}]]></Encrypt></xml>"
         else:
             to = xmltodict.parse(xml)["xml"].get("ToUserName", "")
-            body = f"<xml><ToUserName><![CDATA[{to}]]></ToUserName><Encrypt><![CDATA[{enc}]]></Encrypt></xml>"
+            body = f"<xml><ToUserName>{cdata(to)}</ToUserName><Encrypt><![CDATA[{enc}]]></Encrypt></xml>"
         return query, body
 
     async def post_raw(self, query: dict[str, str], body: str | bytes,
@@ -162,12 +179,12 @@ class FakeWeChatServer:
     def _read_answer(self, status: int, text: str, query: dict[str, str]) -> Answer:
         if status != 200 or text in ("", "success") or not text.startswith("<xml"):
             return Answer(status=status, body=text)
-        doc = xmltodict.parse(text)["xml"]
+        doc = parse_strictly(text)
         if "Encrypt" in doc:
             expected = signature(self.token, doc["TimeStamp"], doc["Nonce"], doc["Encrypt"])
             assert doc["MsgSignature"] == expected, "reply MsgSignature does not verify"
             assert doc["Nonce"] == query["nonce"], "reply must echo the request nonce"
             inner, app_id, _ = decrypt(self.aes_key, doc["Encrypt"])
             assert app_id == self.app_id, "reply encrypted for another appid"
-            return Answer(status=status, body=text, xml=dict(xmltodict.parse(inner)["xml"]))
-        return Answer(status=status, body=text, xml=dict(doc))
+            return Answer(status=status, body=text, xml=parse_strictly(inner))
+        return Answer(status=status, body=text, xml=doc)
