@@ -147,6 +147,7 @@ def measure(url: str, batch: int) -> dict[str, Any]:
     import sqlalchemy as sa
 
     from bot.config import load_config
+    from bot.app import handler_settings
     from scheduler.jobs import JOBS, JobDeps
     from storage.db import Database
 
@@ -162,7 +163,7 @@ def measure(url: str, batch: int) -> dict[str, Any]:
     t0 = time.perf_counter()
 
     async def job() -> str:
-        return await JOBS["digests"].func(JobDeps(db=db, config=config), NOW)
+        return await JOBS["digests"].func(JobDeps(db=db, settings=handler_settings(config)), NOW)
 
     summary = asyncio.run(job())
     job_s = time.perf_counter() - t0

@@ -29,7 +29,7 @@ from urllib.parse import quote
 import aiohttp
 import sqlalchemy as sa
 
-from bot.clock import SystemClock
+from scheduler.clock import SystemClock
 from bot.outbox import OutboxSender
 from bot.wechat_api import WeChatAPI
 from handlers.replies import TextReply, reply_to_json

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import sqlalchemy as sa
 from aiohttp import web
 
-from bot.clock import Clock, SystemClock
+from scheduler.clock import Clock, SystemClock
 from bot.config import Config
 from bot.dispatcher import ANSWER_DEADLINE, PASSIVE_CUTOFF, Dispatcher
 from bot.outbox import OutboxSender
@@ -23,6 +23,7 @@ from bot.wechat_push import OfficialAccountPushes, PushRejected, VerifiedPush
 from handlers import core, rights
 from handlers.context import Context, Settings
 from handlers.replies import Reply
+from scheduler.jobs import JobDeps
 from scheduler.runner import JobScheduler
 from storage import exports, push_nonces, pushes
 from storage.db import Database
@@ -77,7 +78,7 @@ def build_services(
                             settings=handler_settings(config),
                             answer_deadline=answer_deadline,
                             passive_cutoff=answer_deadline * PASSIVE_CUTOFF / ANSWER_DEADLINE)
-    scheduler = JobScheduler(db=db, clock=clock, config=config)
+    scheduler = JobScheduler(deps=JobDeps(db=db, settings=handler_settings(config)), clock=clock)
     return Services(config=config, clock=clock, db=db, dispatcher=dispatcher,
                     pushes=OfficialAccountPushes(config.wechat), api=api, sender=sender,
                     scheduler=scheduler)

@@ -10,7 +10,7 @@ import uuid
 from dataclasses import replace
 from typing import Optional, TextIO
 
-from bot.clock import SystemClock
+from scheduler.clock import SystemClock
 from bot.config import Config
 from bot.dispatcher import Dispatcher
 from handlers.events import EventKind, InboundEvent

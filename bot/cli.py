@@ -163,8 +163,10 @@ def _db_upgrade(config: Config) -> int:
 
 
 async def _run_job(config: Config, name: Optional[str], at: Optional[str], list_only: bool) -> int:
-    from bot.clock import SystemClock
+    from scheduler.clock import SystemClock
     from scheduler.jobs import JOBS
+    from bot.app import handler_settings
+    from scheduler.jobs import JobDeps
     from scheduler.runner import JobScheduler
     from storage.db import Database
 
@@ -190,7 +192,8 @@ async def _run_job(config: Config, name: Optional[str], at: Optional[str], list_
     db = Database(config.storage.url)
     try:
         await db.upgrade()
-        result = await JobScheduler(db=db, clock=SystemClock(), config=config).run(name, when)
+        deps = JobDeps(db=db, settings=handler_settings(config))
+        result = await JobScheduler(deps=deps, clock=SystemClock()).run(name, when)
     finally:
         await db.dispose()
     print(f"{name}: {result}")

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 from sqlalchemy.orm import Session
 
-from bot.clock import Clock
+from scheduler.clock import Clock
 from bot.outbox import with_away
 from handlers import core
 from handlers.context import Context, Settings

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from bot.clock import Clock, SystemClock
+from scheduler.clock import Clock, SystemClock
 from bot.wechat_api import QR_MAX_EXPIRE_SECONDS, ErrorKind, WeChatAPI, WeChatAPIError
 from handlers.replies import ChoicesReply, Reply, TextReply, as_plain_text, reply_from_json
 from handlers.texts import DEFAULT_LANG, text

@@ -22,7 +22,7 @@ import aiohttp
 from sqlalchemy.orm import Session
 from wechatpy.constants import WeChatErrorCode
 
-from bot.clock import Clock, SystemClock
+from scheduler.clock import Clock, SystemClock
 from bot.config import DEFAULT_API_BASE_URL, ConfigError, WeChatConfig
 from handlers.replies import ChoicesReply, NoReply, Reply, TextReply, as_plain_text
 from storage import tokens

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from bot.config import Config
+from handlers.context import Settings
 from storage import erasure, pushes
 from storage.db import Database
 
@@ -18,10 +18,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class JobDeps:
-    """What a job may use. `now` is passed separately so a job can run "as of" any time."""
+    """What a job may use. `now` is passed separately so a job can run "as of" any time.
+
+    The operator's settings arrive as the handlers' Settings, built by bot/ from the
+    configuration: the scheduler knows nothing of how it is read.
+    """
 
     db: Database
-    config: Config
+    settings: Settings = Settings()
 
 
 JobFunc = Callable[[JobDeps, datetime], Awaitable[str]]
@@ -70,7 +74,7 @@ async def prune_outbox(deps: JobDeps, now: datetime) -> str:
 
 async def purge_deactivated(deps: JobDeps, now: datetime) -> str:
     """Delete the personal data of members who unsubscribed longer ago than the grace period."""
-    cutoff = now - timedelta(days=deps.config.privacy.deletion_grace_days)
+    cutoff = now - deps.settings.deletion_grace
     erased = 0
     # One member per transaction: a crash mid-run leaves whole members, and the next run
     # finishes what is left.
@@ -81,10 +85,9 @@ async def purge_deactivated(deps: JobDeps, now: datetime) -> str:
 
 async def intro_expiry(deps: JobDeps, now: datetime) -> str:
     """Remind each pending introduction step once after 3 days, and expire it after 7."""
-    from bot.app import handler_settings  # bot.app imports the scheduler: import when run
     from handlers import intros
 
-    settings = handler_settings(deps.config)
+    settings = deps.settings
     counts = {"reminded": 0, "expired": 0, "skipped": 0}
     # One step per transaction: a crash mid-run loses nothing, and the next run goes on.
     while (outcome := await deps.db.run(intros.process_due_step, now=now, settings=settings)) is not None:
@@ -139,7 +142,7 @@ async def digests(deps: JobDeps, now: datetime, *, batch_size: int = 1000,
     after = 0
     while True:
         result = await deps.db.run(digest_handlers.process_batch, after_id=after, now=now,
-                                   default_tz=deps.config.scheduler.timezone, limit=batch_size,
+                                   default_tz=deps.settings.default_timezone, limit=batch_size,
                                    edges=edges, crash_after=crash_after)
         if result.last_id is None:
             break

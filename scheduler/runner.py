@@ -9,10 +9,8 @@ from typing import Optional
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from bot.clock import Clock
-from bot.config import Config
+from scheduler.clock import Clock
 from scheduler.jobs import JOBS, JobDeps
-from storage.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +22,10 @@ class UnknownJob(KeyError):
 class JobScheduler:
     """Owns the APScheduler instance; jobs take `now` from the injected clock."""
 
-    def __init__(self, *, db: Database, clock: Clock, config: Config) -> None:
-        self.deps = JobDeps(db=db, config=config)
+    def __init__(self, *, deps: JobDeps, clock: Clock) -> None:
+        self.deps = deps
         self.clock = clock
-        self.timezone = config.scheduler.timezone
+        self.timezone = deps.settings.default_timezone
         self._scheduler: Optional[AsyncIOScheduler] = None
 
     def start(self) -> None:

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bot.app import SERVICES, Services, create_app
-from bot.clock import Clock
+from scheduler.clock import Clock
 from bot.config import Config, load_config
 from handlers.context import Context
 from handlers.replies import Reply

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from bot.clock import FixedClock
-from scheduler.jobs import JOBS, JobDeps
+from scheduler.clock import FixedClock
+from scheduler.jobs import JOBS
 from storage import asks, exports, followups, outbox
 from tests.botkit import RunningBot, event, make_config, queued, running_bot, say
 from tests.test_intros import connect, connected, ids, member, new_messages, step_id
@@ -32,7 +32,7 @@ def ask_id(reply: str) -> int:
 
 
 async def run(bot: RunningBot, name: str, at: datetime) -> str:
-    return await JOBS[name].func(JobDeps(db=bot.services.db, config=bot.services.config), at)
+    return await JOBS[name].func(bot.services.scheduler.deps, at)
 
 
 async def triangle(bot: RunningBot, *, zh: bool = False) -> dict[str, int]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from bot.clock import FixedClock
+from scheduler.clock import FixedClock
 from bot.config import ConfigError, load_config
 from bot.dispatcher import Dispatcher
 from bot.outbox import OutboxSender, merge_replies

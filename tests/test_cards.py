@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
-from bot.clock import FixedClock
+from scheduler.clock import FixedClock
 from storage.models import Card, Dialog
 from tests.botkit import make_config, running_bot, say
 

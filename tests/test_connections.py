@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 import sqlalchemy as sa
 
-from bot.clock import FixedClock
+from scheduler.clock import FixedClock
 from storage.models import Connection, Invite, Member
 from tests.botkit import RunningBot, event, make_config, queued, running_bot, say
 from tests.fakes.fake_api import FakeWeChatAPI

@@ -11,9 +11,9 @@ from itertools import count
 import pytest
 import sqlalchemy as sa
 
-from bot.clock import FixedClock
+from scheduler.clock import FixedClock
 from handlers.digests import CrashForTest
-from scheduler.jobs import JOBS, JobDeps
+from scheduler.jobs import JOBS
 from storage import asks, exports, privacy
 from storage.digests import EMPTY, current_period, zone
 from storage.models import FollowUp, OutboxMessage
@@ -26,7 +26,7 @@ LAST_WEEK = MONDAY_0900_CST - timedelta(days=5)  # Wednesday of week 9: inside w
 
 
 async def run(bot: RunningBot, at: datetime, **kwargs: object) -> str:
-    deps = JobDeps(db=bot.services.db, config=bot.services.config)
+    deps = bot.services.scheduler.deps
     return await JOBS["digests"].func(deps, at, **kwargs)  # type: ignore[call-arg]
 
 

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import aiohttp
 
-from bot.clock import FixedClock
+from scheduler.clock import FixedClock
 from bot.config import load_config
 from tests.botkit import running_bot
 from tests.fakes.wechat_server import decrypt, encrypt, signature

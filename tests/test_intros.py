@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from bot.clock import FixedClock
-from scheduler.jobs import JOBS, JobDeps
+from scheduler.clock import FixedClock
+from scheduler.jobs import JOBS
 from storage import search
 from storage.models import Connection, Intro, Member
 from tests.botkit import RunningBot, make_config, queued, running_bot, say
@@ -270,7 +270,7 @@ async def test_expiry_reminds_once_then_expires_idempotently(db_url: str) -> Non
         [ask_c] = await new_messages(bot, "carol", seen)
         sid = step_id(ask_c)
         job = JOBS["intro-expiry"].func
-        deps = JobDeps(db=bot.services.db, config=cfg)
+        deps = bot.services.scheduler.deps
         assert "sent 0 introduction reminders, expired 0" in await job(deps, T0 + timedelta(days=2))
         assert "sent 1 introduction reminders, expired 0" in await job(deps, T0 + timedelta(days=3, minutes=1))
         assert "sent 0 introduction reminders, expired 0" in await job(deps, T0 + timedelta(days=3, minutes=2))
@@ -390,7 +390,7 @@ async def test_every_limit_says_why(db_url: str) -> None:
         busy = await say(bot, "r2", "intro 6")  # carol has had 5 this week
         assert busy.startswith("Your mutual contacts with T6 have already been asked for 5 introductions this week")
         clock.advance(days=7, minutes=1)
-        await JOBS["intro-expiry"].func(JobDeps(db=bot.services.db, config=make_config(db_url)), clock.now())
+        await JOBS["intro-expiry"].func(bot.services.scheduler.deps, clock.now())
         # A week later carol may be asked again, unless she paused.
         await say(bot, "carol", "pause 3")
         assert "mutual contacts with T6 are not taking" in await say(bot, "r2", "intro 6")

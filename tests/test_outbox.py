@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from bot.clock import FixedClock
+from scheduler.clock import FixedClock
 from bot.outbox import OutboxSender
 from bot.wechat_api import WeChatAPI
 from handlers.replies import Choice, ChoicesReply, Reply, TextReply

@@ -8,7 +8,7 @@ from typing import Optional
 
 import pytest
 
-from bot.clock import FixedClock
+from scheduler.clock import FixedClock
 from handlers.visibility import may_see, visible_card, what_may_see
 from storage import cards, graph, members, privacy
 from storage.db import Database

@@ -31,7 +31,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as note_event
 from hypothesis import strategies as st
 
-from bot.clock import FixedClock
+from scheduler.clock import FixedClock
+from bot.app import handler_settings
 from bot.config import load_config
 from bot.dispatcher import Dispatcher
 from handlers import rights
@@ -278,7 +279,7 @@ def test_nothing_leaks_without_a_double_opt_in(property_db: Database, edges: set
     world = build_world(property_db, edges, levels, stealth)
     clock = FixedClock(T0)
     dispatcher = Dispatcher(db=property_db, clock=clock)
-    deps = JobDeps(db=property_db, config=load_config(None, env={}))
+    deps = JobDeps(db=property_db, settings=handler_settings(load_config(None, env={})))
     kinds: set[str] = set()
 
     async def play() -> None:

@@ -9,8 +9,8 @@ import aiohttp
 import sqlalchemy as sa
 from sqlmodel import SQLModel
 
-from bot.clock import FixedClock
-from scheduler.jobs import JOBS, JobDeps
+from scheduler.clock import FixedClock
+from scheduler.jobs import JOBS
 from storage.db import Database
 from storage.models import OutboxMessage
 from tests.botkit import RunningBot, event, make_config, running_bot, say
@@ -130,7 +130,7 @@ async def test_unsubscribe_grace_period(db_url: str) -> None:
         await event(bot, "zelda", "unsubscribe")
         assert "No connections yet" in await say(bot, "bob", "contacts")  # deactivated at once
         purge = JOBS["purge-deactivated"]
-        deps = JobDeps(db=bot.services.db, config=cfg)
+        deps = bot.services.scheduler.deps
         # Re-following within the grace period restores everything.
         assert "erased the data of 0" in await purge.func(deps, T0.replace(day=8))
         back = await event(bot, "zelda", "subscribe")

@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import sqlalchemy as sa
 
-from bot.clock import FixedClock
-from scheduler.jobs import JOBS, JobDeps
+from scheduler.clock import FixedClock
+from scheduler.jobs import JOBS
 from storage.models import Ask, IntroStep, Nudge, OutboxMessage
 from tests.botkit import RunningBot, make_config, queued, running_bot, say
 from tests.test_intros import connect, member, new_messages, step_id, triangle
@@ -25,7 +25,7 @@ APOLOGY = ("Sorry, something went wrong", "抱歉")
 
 async def run(bot: RunningBot, name: str, at: datetime | None = None) -> str:
     """Run a scheduled job as the scheduler does."""
-    deps = JobDeps(db=bot.services.db, config=bot.services.config)
+    deps = bot.services.scheduler.deps
     return await JOBS[name].func(deps, at or bot.services.clock.now())
 
 

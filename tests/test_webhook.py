@@ -346,7 +346,7 @@ async def test_plain_mode_signature_signs_one_body_only(db_url: str) -> None:
 
 
 async def test_old_plain_nonces_are_forgotten(db_url: str) -> None:
-    from bot.clock import FixedClock
+    from scheduler.clock import FixedClock
     from storage.models import PushNonce
 
     clock = FixedClock(datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc))
@@ -411,7 +411,7 @@ async def test_a_stored_reply_belongs_to_its_sender(db_url: str) -> None:
 
 
 async def test_a_retry_after_a_minute_gets_no_stored_reply(db_url: str) -> None:
-    from bot.clock import FixedClock
+    from scheduler.clock import FixedClock
 
     clock = FixedClock(datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc))
     # The sweeper is as good as off: the stored reply itself must not be served once stale.
@@ -427,7 +427,7 @@ async def test_a_retry_after_a_minute_gets_no_stored_reply(db_url: str) -> None:
 
 
 async def test_stored_replies_are_swept_after_a_minute(db_url: str) -> None:
-    from bot.clock import FixedClock
+    from scheduler.clock import FixedClock
 
     def stored(bot: RunningBot) -> int:
         with bot.services.db.session() as s:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot.clock import FixedClock
+from scheduler.clock import FixedClock
 from bot.wechat_api import (
     ErrorKind,
     TokenFetchError,

@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from bot.clock import FixedClock
-from scheduler.jobs import JOBS, JobDeps
+from scheduler.clock import FixedClock
+from scheduler.jobs import JOBS
 from storage.models import OutboxMessage
 from tests.botkit import RunningBot, make_config, queued, running_bot, say
 from tests.test_intros import connect, ids, member, step_id
@@ -25,7 +25,7 @@ WEEKLY_JOBS = ("referral-nudges", "follow-ups", "digests", "intro-expiry")
 
 
 async def tick(bot: RunningBot, at: datetime) -> None:
-    deps = JobDeps(db=bot.services.db, config=bot.services.config)
+    deps = bot.services.scheduler.deps
     for name in WEEKLY_JOBS:
         await JOBS[name].func(deps, at)
 
