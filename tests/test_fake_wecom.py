@@ -8,8 +8,8 @@ import xmltodict
 
 from bot.platforms.wecom.webhook import WeComCallbacks
 from handlers.events import EventKind
-from tests.fakes.wecom_server import FakeWeComServer
 from tests.fakes.wechat_server import decrypt, encrypt, signature
+from tests.fakes.wecom_server import FakeWeComServer
 from tests.wecom_kit import running_wecom_app
 
 # Vector C: the official WeCom sample (sbzhu/weworkapi_python, callback/Sample.py).
@@ -114,9 +114,8 @@ async def test_vector_c_through_the_webhook_over_http() -> None:
     callbacks = WeComCallbacks(token=C_TOKEN, encoding_aes_key=C_KEY, corp_id=C_CORP, agent_id=1000002)
     clock = {"now": 1476416373.0}
     async with running_wecom_app(callbacks, now=lambda: clock["now"]) as app:
-        async with aiohttp.ClientSession() as s:
-            async with s.get(app.url, params=C_VERIFY) as resp:
-                assert resp.status == 200 and await resp.text() == "1288432023552776189"
+        async with aiohttp.ClientSession() as s, s.get(app.url, params=C_VERIFY) as resp:
+            assert resp.status == 200 and await resp.text() == "1288432023552776189"
         clock["now"] = 1476422779.0
         fake = FakeWeComServer(url=app.url, token=C_TOKEN, aes_key=C_KEY, corp_id=C_CORP)
         answer = await fake.post_raw(C_POST, C_BODY)

@@ -46,9 +46,8 @@ async def rig() -> AsyncIterator[Rig]:
 
 
 async def _get(url: str | URL, params: dict[str, str] | None = None) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as s:
-        async with s.get(url, params=params) as resp:
-            return resp.status, await resp.text()
+    async with aiohttp.ClientSession() as s, s.get(url, params=params) as resp:
+        return resp.status, await resp.text()
 
 
 # -- URL verification -----------------------------------------------------------------------------

@@ -46,7 +46,7 @@ class TransientAPIError(PlatformAPIError):
 
 
 class TokenFetchError(PlatformAPIError):
-    """The token endpoint refused us: an operator problem (credentials, IP lists), not a member's."""
+    """The token endpoint refused us: for the operator to fix (credentials, IP lists)."""
 
     def __init__(self, errcode: int | None, errmsg: str) -> None:
         # Messages wait (with backoff) while the operator fixes the settings.

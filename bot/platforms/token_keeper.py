@@ -1,4 +1,4 @@
-"""One access_token per app, shared by every worker through the database, refreshed by one at a time.
+"""One access_token per app, shared by all workers through the database, refreshed by one.
 
 This is the token logic of bot/wechat_api.py made reusable: the platform client supplies a
 coroutine that fetches a token from its platform, and the keeper decides when to call it.
@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
 from sqlalchemy.orm import Session
@@ -40,7 +40,7 @@ class Clock(Protocol):
 
 class _SystemClock:
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ class TokenKeeper:
     async def call(
         self, request: Callable[[str], Awaitable[T]], *, refused: Callable[[Exception], bool]
     ) -> T:
-        """Run `request(token)`; when `refused` says the token was refused, refresh once and retry once."""
+        """Run `request(token)`; on a refused token (`refused`), refresh once and retry once."""
         token = await self.token()
         try:
             return await request(token)

@@ -164,9 +164,9 @@ class FakeWeComServer:
 
     async def verify_url(self, plaintext: str, **kw: Any) -> tuple[int, str]:
         """Make the URL check: WeCom expects exactly `plaintext` back."""
-        async with aiohttp.ClientSession() as session:
-            async with session.get(self.url, params=self.verify_query(plaintext, **kw)) as resp:
-                return resp.status, await resp.text()
+        params = self.verify_query(plaintext, **kw)
+        async with aiohttp.ClientSession() as session, session.get(self.url, params=params) as resp:
+            return resp.status, await resp.text()
 
     def _read_answer(self, status: int, text: str, query: dict[str, str]) -> Answer:
         if status != 200 or text == "":

@@ -14,9 +14,10 @@ import hmac
 import re
 import struct
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime
+from typing import Any
 from xml.parsers.expat import ExpatError
 
 import xmltodict
@@ -136,7 +137,9 @@ class WeComCallbacks:
             raise PushRejected(400, "undecryptable echostr") from None
         return str(plain)
 
-    def read(self, query: Mapping[str, str], body: bytes, *, now: float | None = None) -> VerifiedCallback:
+    def read(
+        self, query: Mapping[str, str], body: bytes, *, now: float | None = None
+    ) -> VerifiedCallback:
         """Verify, decrypt and parse a POSTed callback."""
         if len(body) > MAX_BODY:
             raise PushRejected(413, "body too large")
@@ -190,13 +193,14 @@ class WeComCallbacks:
         self, callback: VerifiedCallback, replace_name: str = DEFAULT_REPLACE_NAME,
         *, now: float | None = None,
     ) -> str:
-        """The encrypted update_button reply to a card click: the card's buttons show `replace_name`.
+        """The encrypted update_button reply to a card click: its buttons then show `replace_name`.
 
         WECHAT.md §8.3 (way 1): it updates the clicker's card only, and must come within 5 s.
         """
         if callback.card is None:
             raise ValueError("update_button answers a template_card_event only")
-        inner = f"<Button><ReplaceName><![CDATA[{cdata_safe(replace_name)}]]></ReplaceName></Button>"
+        name = cdata_safe(replace_name)
+        inner = f"<Button><ReplaceName><![CDATA[{name}]]></ReplaceName></Button>"
         return self._encrypt(callback, "update_button", {}, now, raw_tail=inner)
 
     def _encrypt(self, callback: VerifiedCallback, msg_type: str, fields: Mapping[str, str],
@@ -257,7 +261,7 @@ def _to_event(data: Mapping[str, Any]) -> tuple[InboundEvent, CardClick | None]:
         raise PushRejected(400, "callback without MsgType or FromUserName")
     try:
         created = int(data.get("CreateTime") or 0)
-        created_at = datetime.fromtimestamp(created, timezone.utc)
+        created_at = datetime.fromtimestamp(created, UTC)
     except (ValueError, TypeError, OverflowError, OSError):
         raise PushRejected(400, "callback with a malformed CreateTime") from None
     msg_type = msg_type.lower()
@@ -278,7 +282,8 @@ def _to_event(data: Mapping[str, Any]) -> tuple[InboundEvent, CardClick | None]:
             kind, extra = EventKind.CLICK, {"key": _text(data.get("EventKey"))}
         elif event == TEMPLATE_CARD_EVENT:
             # wechatpy 1.8.18 parses this as UnknownMessage (WECHAT.md §8.2): read the fields.
-            card = CardClick(task_id=_text(data.get("TaskId")), event_key=_text(data.get("EventKey")),
+            card = CardClick(task_id=_text(data.get("TaskId")),
+                             event_key=_text(data.get("EventKey")),
                              card_type=_text(data.get("CardType")),
                              response_code=_text(data.get("ResponseCode")))
             # The button's key is the command text (cards.py), so a click runs it as if typed.
