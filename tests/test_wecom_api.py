@@ -401,3 +401,25 @@ async def test_an_unknown_path_fails_the_test(fake_wecom_api: FakeWeComAPI) -> N
     with pytest.raises(AssertionError, match="recall"):
         fake_wecom_api.assert_no_unknown_paths()
     fake_wecom_api.unknown_paths.clear()
+
+
+async def test_the_fake_records_markdown_and_checks_agentid_and_touser(
+    make_api: MakeAPI, fake_wecom_api: FakeWeComAPI  # noqa: F811
+) -> None:
+    token = await make_api().access_token()
+    url = f"{fake_wecom_api.base_url}{SEND_PATH}"
+    bodies: list[dict[str, Any]] = [
+        {"touser": "zhangsan", "agentid": AGENT_ID, "msgtype": "markdown",
+         "markdown": {"content": "**hi**"}},
+        {"touser": "zhangsan", "agentid": 1000099, "msgtype": "markdown", "markdown": {"content": "x"}},
+        {"touser": "", "agentid": AGENT_ID, "msgtype": "text", "text": {"content": "x"}},
+        {"touser": "zhangsan", "agentid": AGENT_ID, "msgtype": "text", "text": {"content": "x" * 2049}},
+    ]
+    answers = []
+    async with aiohttp.ClientSession() as s:
+        for body in bodies:
+            async with s.post(url, params={"access_token": token}, json=body) as resp:
+                answers.append((await resp.json())["errcode"])
+    assert answers[0] == 0 and all(code != 0 for code in answers[1:])
+    (only,) = fake_wecom_api.received("zhangsan")
+    assert (only.msgtype, only.content) == ("markdown", "**hi**")
