@@ -31,7 +31,7 @@ import sqlalchemy as sa
 
 from scheduler.clock import SystemClock
 from bot.outbox import OutboxSender
-from bot.wechat_api import WeChatAPI
+from bot.platforms.official_account.api import WeChatAPI
 from handlers.replies import TextReply, reply_to_json
 from storage.db import Database
 from storage.models import Member, OutboxMessage, OutboxStatus

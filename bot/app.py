@@ -18,8 +18,9 @@ from scheduler.clock import Clock, SystemClock
 from bot.config import Config
 from bot.dispatcher import ANSWER_DEADLINE, PASSIVE_CUTOFF, Dispatcher
 from bot.outbox import OutboxSender
-from bot.wechat_api import WeChatAPI
-from bot.wechat_push import OfficialAccountPushes, PushRejected, VerifiedPush
+from bot.platforms.official_account.api import WeChatAPI
+from bot.platforms.inbound import PushRejected
+from bot.platforms.official_account.webhook import OfficialAccountPushes, VerifiedPush
 from handlers import core, rights
 from handlers.context import Context, Settings
 from handlers.replies import Reply

@@ -20,7 +20,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from scheduler.clock import Clock, SystemClock
-from bot.wechat_api import QR_MAX_EXPIRE_SECONDS, ErrorKind, WeChatAPI, WeChatAPIError
+from bot.platforms.errors import ErrorKind, PlatformAPIError
+from bot.platforms.official_account.api import QR_MAX_EXPIRE_SECONDS, WeChatAPI
 from handlers.replies import ChoicesReply, Reply, TextReply, as_plain_text, reply_from_json
 from handlers.texts import DEFAULT_LANG, text
 from storage import budget, outbox
@@ -370,7 +371,7 @@ class OutboxSender:
                                 if isinstance(message, (TextReply, ChoicesReply))], lang)
         try:
             await self._api.send_reply(carrier.openid, merged)
-        except WeChatAPIError as exc:
+        except PlatformAPIError as exc:
             hold_errcode = await self._failed(carrier, exc)
             others = [row for row, _ in group[1:]]
             if hold_errcode is not None:
@@ -462,7 +463,7 @@ class OutboxSender:
             return None
         try:
             await self._deliver(self._api, row, message)
-        except WeChatAPIError as exc:
+        except PlatformAPIError as exc:
             return await self._failed(row, exc)
         log.info("outbox %s sent to member %s", row.id, row.member_id)
         await self._finish(row, Outcome.SENT, OutboxStatus.SENT, errcode=0)
@@ -484,7 +485,7 @@ class OutboxSender:
         else:
             await api.send_reply(row.openid, message)
 
-    async def _failed(self, row: outbox.ClaimedMessage, exc: WeChatAPIError) -> int | None:
+    async def _failed(self, row: outbox.ClaimedMessage, exc: PlatformAPIError) -> int | None:
         """Record a failed attempt and decide what becomes of the row."""
         kind = exc.kind
         log.warning("outbox %s to member %s: %s (%s)", row.id, row.member_id, exc, kind.value)
@@ -500,12 +501,12 @@ class OutboxSender:
         await self._finish(row, outcome, status, errcode=exc.errcode, errmsg=exc.errmsg)
         return exc.errcode if kind is ErrorKind.HOLD else None
 
-    async def _retry_later(self, row: outbox.ClaimedMessage, exc: WeChatAPIError) -> None:
+    async def _retry_later(self, row: outbox.ClaimedMessage, exc: PlatformAPIError) -> None:
         """Back off, or give up once the row has failed transiently max_attempts times."""
         await self._db.run(self._record_retry, row=row, exc=exc, now=self._clock.now())
 
     def _record_retry(
-        self, session: Session, *, row: outbox.ClaimedMessage, exc: WeChatAPIError, now: datetime
+        self, session: Session, *, row: outbox.ClaimedMessage, exc: PlatformAPIError, now: datetime
     ) -> None:
         """Count the earlier transient failures and record this one, in one transaction."""
         failures = 1 + outbox.count_attempts(session, outbox_id=row.id, outcome=Outcome.RETRY)

@@ -19,7 +19,7 @@ from scheduler.clock import FixedClock
 from bot.config import ConfigError, load_config
 from bot.dispatcher import Dispatcher
 from bot.outbox import OutboxSender, merge_replies
-from bot.wechat_api import WeChatAPI
+from bot.platforms.official_account.api import WeChatAPI
 from handlers.events import EventKind, InboundEvent
 from handlers.replies import Choice, ChoicesReply, Reply, TextReply, as_plain_text
 from storage import members, outbox

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from scheduler.clock import FixedClock
 from bot.outbox import OutboxSender
-from bot.wechat_api import WeChatAPI
+from bot.platforms.official_account.api import WeChatAPI
 from handlers.replies import Choice, ChoicesReply, Reply, TextReply
 from storage import members, outbox
 from storage.db import Database

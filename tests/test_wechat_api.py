@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from scheduler.clock import FixedClock
-from bot.wechat_api import (
+from bot.platforms.official_account.api import (
     ErrorKind,
     TokenFetchError,
     TransientAPIError,
@@ -240,7 +240,7 @@ async def test_neither_secret_nor_token_is_logged(
     fake_api.expire_tokens()
     await api.send_text("o-a", "after expiry")
     assert fake_api.token_fetches == 2
-    assert any(r.name == "bot.wechat_api" for r in caplog.records)
+    assert any(r.name == "bot.platforms.official_account.api" for r in caplog.records)
     for secret in (APP_SECRET, "fake-token-1", "fake-token-2"):
         assert secret not in _our_log(caplog)
         assert secret not in repr(api)

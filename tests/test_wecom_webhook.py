@@ -14,7 +14,7 @@ from bot.platforms.wecom.webhook import (
     MAX_DEDUPE_KEY,
     WeComCallbacks,
 )
-from bot.wechat_push import PushRejected
+from bot.platforms.inbound import PushRejected
 from handlers.events import EventKind
 from handlers.replies import NoReply, TextReply
 from tests.fakes.wechat_server import encrypt, signature
@@ -91,7 +91,7 @@ async def test_a_text_message_is_read_and_answered_encrypted(rig: Rig) -> None:
     (cb,) = rig.app.accepted
     assert (cb.event.kind, cb.event.platform, cb.event.member_id, cb.event.text) == \
         (EventKind.TEXT, "wecom", "zhangsan", "hello ]]> <b>&")
-    assert cb.event.dedupe_key == "msg:zhangsan:42" and cb.card is None
+    assert cb.event.dedupe_key == "wecom:msg:zhangsan:42" and cb.card is None
 
 
 @pytest.mark.parametrize(("event", "key", "kind"), [
@@ -108,7 +108,7 @@ async def test_events_map_to_our_kinds_and_get_an_empty_200(
     assert (answer.status, answer.body) == (200, "")
     (cb,) = rig.app.accepted
     assert cb.event.kind is kind and cb.event.member_id == "lisi"
-    assert cb.event.dedupe_key == f"evt:lisi:{NOW - 1}:{event}"
+    assert cb.event.dedupe_key == f"wecom:evt:lisi:{NOW - 1}:{event}"
 
 
 async def test_a_menu_click_is_a_click_with_its_key(rig: Rig) -> None:
@@ -129,7 +129,7 @@ async def test_a_card_click_runs_its_command_and_greys_the_buttons(rig: Rig) -> 
     assert cb.card is not None
     assert (cb.card.task_id, cb.card.event_key, cb.card.response_code, cb.card.card_type) == \
         ("intro-12-ab12", "accept 12", "RC1", "button_interaction")
-    assert cb.event.dedupe_key == f"evt:wangwu:{NOW}:template_card_event:intro-12-ab12:accept 12"
+    assert cb.event.dedupe_key == f"wecom:evt:wangwu:{NOW}:template_card_event:intro-12-ab12:accept 12"
 
 
 async def test_two_clicks_in_one_second_on_other_buttons_or_cards_are_distinct(rig: Rig) -> None:
@@ -184,7 +184,7 @@ async def test_refusals_then_a_good_callback(rig: Rig) -> None:
 
     answer = await w.post_raw(query, body)
     assert (answer.status, answer.content) == (200, "echo: hi")
-    assert [cb.event.dedupe_key for cb in rig.app.accepted] == ["msg:zhangsan:7"]
+    assert [cb.event.dedupe_key for cb in rig.app.accepted] == ["wecom:msg:zhangsan:7"]
 
 
 async def test_a_callback_for_another_app_of_the_corp_is_refused(rig: Rig) -> None:

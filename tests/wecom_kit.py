@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from bot.platforms.wecom.webhook import MAX_BODY, VerifiedCallback, WeComCallbacks
-from bot.wechat_push import PushRejected
+from bot.platforms.inbound import PushRejected
 from handlers.events import EventKind
 from handlers.replies import NoReply, Reply, TextReply
 

@@ -2,7 +2,7 @@
 
 Both platforms (the Official Account and WeCom) answer with an errcode; the outbox sender only
 needs to know which of a few kinds it is. The kinds and their meaning are those of
-bot/wechat_api.py, so that the two clients can share them.
+bot/platforms/official_account/api.py, so that the two clients can share them.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """One access_token per app, shared by all workers through the database, refreshed by one.
 
-This is the token logic of bot/wechat_api.py made reusable: the platform client supplies a
+This is the token logic of bot/platforms/official_account/api.py made reusable: the platform client supplies a
 coroutine that fetches a token from its platform, and the keeper decides when to call it.
 Every refresh invalidates the previous token after a short overlap and spends a daily quota
 (WECHAT.md §0 rule 8, §7); WeCom asks to cache the token and not to call gettoken often, and

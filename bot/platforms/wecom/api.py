@@ -1,6 +1,6 @@
 """Our async client for the WeCom self-built app API, with one shared access_token.
 
-Like bot/wechat_api.py: aiohttp with a timeout and an injectable base URL, the token shared by
+Like bot/platforms/official_account/api.py: aiohttp with a timeout and an injectable base URL, the token shared by
 every worker through the database (bot/platforms/token_keeper.py), a refused token refreshed
 once, and errors sorted into the kinds the outbox sender acts on. Exceptions never carry a URL,
 whose query string holds the token or the secret. wechatpy is used only for its errcode names.

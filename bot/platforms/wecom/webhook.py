@@ -1,6 +1,6 @@
 """Reading WeCom self-built app callbacks with wechatpy: signatures, crypto, parsing, replies.
 
-The WeCom counterpart of bot/wechat_push.py, with its guarantees: msg_signature compared in
+The WeCom counterpart of bot/platforms/official_account/webhook.py, with its guarantees: msg_signature compared in
 constant time, timestamps checked for freshness, XML with a DTD or entity declarations refused
 before any parser sees it, and every reply value made CDATA-safe. WeCom differs from the
 Official Account in that every callback is encrypted, the GET `echostr` is encrypted too, and the
@@ -20,30 +20,31 @@ from datetime import UTC, datetime
 from typing import Any
 from xml.parsers.expat import ExpatError
 
-import xmltodict
 from wechatpy.enterprise import parse_message
 from wechatpy.enterprise.crypto import WeChatCrypto
 from wechatpy.enterprise.exceptions import InvalidCorpIdException
 from wechatpy.exceptions import InvalidSignatureException
 
-from bot.wechat_push import PushRejected, cdata_safe, sign
+from bot.platforms.inbound import (
+    MAX_BODY,
+    PushRejected,
+    cdata_safe,
+    check_fresh,
+    parse_envelope,
+    refuse_declarations,
+    sign,
+    timestamp_and_nonce,
+)
 from handlers.events import EventKind, InboundEvent
 from handlers.replies import NoReply, Reply, as_plain_text
 
 PLATFORM = "wecom"
-# A callback is a few KiB (WECHAT.md §8.1 sample); the same bound as the OA webhook.
-MAX_BODY = 64 * 1024
 # storage.models.InboundPush.key is VARCHAR(200).
 MAX_DEDUPE_KEY = 200
 # The text a button shows after a click when the caller has nothing better (WECHAT.md §8.3 example).
 DEFAULT_REPLACE_NAME = "已处理"
 TEMPLATE_CARD_EVENT = "template_card_event"
 
-_DOCTYPE = re.compile(rb"<!\s*(doctype|entity)", re.IGNORECASE)
-# The nonce is echoed into the CDATA of an encrypted reply: WeCom's are digits; allow no markup.
-_NONCE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-# Unix seconds in ASCII digits (str.isdigit also takes '²'); 12 digits last for 30,000 years.
-_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _SIGNATURE = re.compile(r"[0-9a-fA-F]{40}")
 
 
@@ -97,9 +98,7 @@ class WeComCallbacks:
 
     def _check_query(self, query: Mapping[str, str]) -> tuple[str, str, str]:
         """timestamp, nonce and msg_signature, each well-formed (400 otherwise)."""
-        timestamp, nonce = query.get("timestamp", ""), query.get("nonce", "")
-        if not _TIMESTAMP.fullmatch(timestamp) or not _NONCE.fullmatch(nonce):
-            raise PushRejected(400, "missing or malformed timestamp/nonce")
+        timestamp, nonce = timestamp_and_nonce(query)
         return timestamp, nonce, query.get("msg_signature", "")
 
     def _check_signature(self, msg_signature: str, timestamp: str, nonce: str, encrypted: str,
@@ -109,8 +108,7 @@ class WeComCallbacks:
             expected.encode(), msg_signature.lower().encode()
         ):
             raise PushRejected(403, "bad msg_signature")
-        if self._skew and abs(now - int(timestamp)) > self._skew:
-            raise PushRejected(403, "stale timestamp")
+        check_fresh(timestamp, now=now, skew=self._skew)
 
     def verify_url(self, query: Mapping[str, str], *, now: float | None = None) -> str:
         """GET URL verification: the decrypted echostr, to send back as the plain body.
@@ -144,7 +142,7 @@ class WeComCallbacks:
         if len(body) > MAX_BODY:
             raise PushRejected(413, "body too large")
         timestamp, nonce, msg_signature = self._check_query(query)
-        envelope = _parse_xml(body)
+        envelope = parse_envelope(body)
         encrypt = envelope.get("Encrypt")
         if not isinstance(encrypt, str) or not encrypt:
             # WeCom never sends plaintext (WECHAT.md §0 rule 9).
@@ -162,7 +160,7 @@ class WeComCallbacks:
         except (ValueError, TypeError, IndexError, struct.error):
             raise PushRejected(400, "undecryptable Encrypt") from None
         raw = inner.encode() if isinstance(inner, str) else inner
-        _refuse_declarations(raw)
+        refuse_declarations(raw)
         try:
             msg = parse_message(raw.decode("utf-8"))
         except (ExpatError, UnicodeDecodeError, ValueError):
@@ -223,25 +221,9 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _refuse_declarations(body: bytes) -> None:
-    if _DOCTYPE.search(body):
-        raise PushRejected(400, "XML with DTD or entity declarations")
-
-
-def _parse_xml(body: bytes) -> dict[str, Any]:
-    _refuse_declarations(body)
-    try:
-        doc = xmltodict.parse(body.decode("utf-8"), disable_entities=True)
-    except (ExpatError, UnicodeDecodeError, ValueError):
-        raise PushRejected(400, "malformed XML") from None
-    root = doc.get("xml") if isinstance(doc, dict) else None
-    if not isinstance(root, dict):
-        raise PushRejected(400, "XML without an <xml> root")
-    return root
-
-
 def _dedupe_key(user: str, created: int, event_name: str, card: CardClick | None) -> str:
-    key = f"evt:{user}:{created}:{event_name}"
+    # Namespaced by platform: a UserID could equal some Official Account's OpenID.
+    key = f"{PLATFORM}:evt:{user}:{created}:{event_name}"
     if card is None:
         return key
     # WeCom's event dedupe is FromUserName + CreateTime (WECHAT.md §8.1), but two clicks in one
@@ -289,7 +271,7 @@ def _to_event(data: Mapping[str, Any]) -> tuple[InboundEvent, CardClick | None]:
             # The button's key is the command text (cards.py), so a click runs it as if typed.
             kind, extra = EventKind.CLICK, {"key": card.event_key}
     # MsgId alone is not enough: a stored reply (an export link, say) belongs to its sender.
-    key = (f"msg:{user}:{msg_id}" if msg_id and msg_id != "0"
+    key = (f"{PLATFORM}:msg:{user}:{msg_id}" if msg_id and msg_id != "0"
            else _dedupe_key(user, created, event_name, card))
     event_obj = InboundEvent(kind=kind, platform=PLATFORM, member_id=user, dedupe_key=key,
                              created_at=created_at, raw_type=msg_type, **extra)

@@ -1,33 +1,32 @@
 """Our async client for the WeChat Official Account API, with one shared access_token.
 
 wechatpy's client is synchronous, has no timeout by default and refreshes the token without a
-lock, so outbound calls go through this client instead (WECHAT.md §7). wechatpy is used here
-only for its error-code constants.
+lock, so outbound calls go through this client instead (WECHAT.md §7). The token is kept by
+bot.platforms.token_keeper, as WeCom's is; wechatpy is used here only for its error codes.
 """
 
 from __future__ import annotations
 
-import asyncio
-import enum
 import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
 import aiohttp
-from sqlalchemy.orm import Session
 from wechatpy.constants import WeChatErrorCode
 
-from scheduler.clock import Clock, SystemClock
 from bot.config import DEFAULT_API_BASE_URL, ConfigError, WeChatConfig
+from bot.platforms.errors import ErrorKind, PlatformAPIError, TokenFetchError, TransientAPIError
+from bot.platforms.token_keeper import Clock, FetchedToken, TokenKeeper
 from handlers.replies import ChoicesReply, NoReply, Reply, TextReply, as_plain_text
-from storage import tokens
 from storage.db import Database
-from storage.models import AccessToken
+
+__all__ = ["ErrorKind", "QRCode", "TokenFetchError", "TransientAPIError", "WeChatAPI",
+           "WeChatAPIError", "classify"]
 
 log = logging.getLogger(__name__)
 
@@ -35,23 +34,13 @@ TOKEN_PATH = "/cgi-bin/token"
 CUSTOM_SEND_PATH = "/cgi-bin/message/custom/send"
 TEMPLATE_SEND_PATH = "/cgi-bin/message/template/send"
 QRCODE_CREATE_PATH = "/cgi-bin/qrcode/create"
+MENU_CREATE_PATH = "/cgi-bin/menu/create"
 SHOW_QRCODE_URL = "https://mp.weixin.qq.com/cgi-bin/showqrcode?ticket="
 
 # "invalid account type": msgmenu on a test or unverified account. wechatpy 1.8.18's
 # WeChatErrorCode has no member for it, so it is named here.
 INVALID_ACCOUNT_TYPE = 40200
 QR_MAX_EXPIRE_SECONDS = 2_592_000  # 30 days (WECHAT.md §6)
-
-
-class ErrorKind(enum.Enum):
-    """What a caller should do about a failed call."""
-
-    TOKEN = "token"  # the access_token was refused; refresh once and retry once
-    RETRY = "retry"  # transient: try again later, with backoff
-    HOLD = "hold"  # the member's window or budget is closed: wait for their next message
-    UNDELIVERABLE = "undeliverable"  # the member cannot receive messages from us
-    FAIL = "fail"  # anything else: do not retry
-
 
 _KINDS: dict[int, ErrorKind] = {
     WeChatErrorCode.INVALID_CREDENTIAL: ErrorKind.TOKEN,
@@ -75,39 +64,13 @@ def classify(errcode: int | None) -> ErrorKind:
     return _KINDS.get(errcode, ErrorKind.FAIL)
 
 
-class WeChatAPIError(Exception):
+class WeChatAPIError(PlatformAPIError):
     """WeChat answered with a non-zero errcode (or with something that is not an answer)."""
 
     def __init__(self, errcode: int | None, errmsg: str) -> None:
-        super().__init__(f"WeChat API error {errcode}: {errmsg}")
-        self.errcode = errcode
-        self.errmsg = errmsg
-
-    @property
-    def kind(self) -> ErrorKind:
-        """What to do about it."""
-        return ErrorKind.FAIL if self.errcode is None else classify(self.errcode)
-
-
-class TransientAPIError(WeChatAPIError):
-    """No usable answer: a timeout, a connection error or an HTTP 5xx."""
-
-    def __init__(self, errmsg: str) -> None:
-        super().__init__(None, errmsg)
-
-    @property
-    def kind(self) -> ErrorKind:
-        """Always worth another try later."""
-        return ErrorKind.RETRY
-
-
-class TokenFetchError(WeChatAPIError):
-    """/cgi-bin/token refused us: an operator problem (credentials, IP whitelist), not a member's."""
-
-    @property
-    def kind(self) -> ErrorKind:
-        """Messages wait (with backoff) while the operator fixes the settings."""
-        return ErrorKind.RETRY
+        super().__init__(errcode, errmsg,
+                         kind=ErrorKind.FAIL if errcode is None else classify(errcode))
+        self.args = (f"WeChat API error {errcode}: {errmsg}",)
 
 
 @dataclass(frozen=True)
@@ -122,12 +85,6 @@ class QRCode:
     def image_url(self) -> str:
         """The showqrcode address of the image; it needs no access_token."""
         return SHOW_QRCODE_URL + quote(self.ticket, safe="")
-
-
-@dataclass(frozen=True)
-class _CachedToken:
-    token: str
-    expires_at: datetime
 
 
 class WeChatAPI:
@@ -149,18 +106,14 @@ class WeChatAPI:
     ) -> None:
         if not (app_id and app_secret):
             raise ConfigError("wechat.app_id and wechat.app_secret must both be set to call the API")
-        self._db = db
         self._app_id = app_id
         self._secret = app_secret
         self._base_url = base_url.rstrip("/")
-        self._clock: Clock = clock or SystemClock()
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._refresh_margin = refresh_margin
-        self._refresh_lease = refresh_lease
-        self._refresh_wait = refresh_wait
-        self._poll_interval = poll_interval
-        self._refresh_lock = asyncio.Lock()
-        self._cached: _CachedToken | None = None
+        # The row key stays the bare app id: tokens stored before the platforms shared a keeper.
+        self._tokens = TokenKeeper(db=db, key=app_id, fetch=self._fetch_token, clock=clock,
+                                   refresh_margin=refresh_margin, refresh_lease=refresh_lease,
+                                   refresh_wait=refresh_wait, poll_interval=poll_interval)
         self._http: aiohttp.ClientSession | None = None
         # Learned from a 40200: this account cannot send msgmenu, so stop asking.
         self._msgmenu_supported = True
@@ -262,94 +215,39 @@ class WeChatAPI:
 
     async def access_token(self) -> str:
         """A token with more than the refresh margin left, refreshed first when needed."""
-        cached = self._cached
-        if cached is not None and self._fresh(cached.expires_at):
-            return cached.token
-        return await self.refresh_token(stale=cached.token if cached else None)
+        return await self._tokens.token()
 
     async def refresh_token(self, *, stale: str | None) -> str:
-        """Replace `stale` with a new token; exactly one fetch however many callers ask at once.
+        """Replace `stale` with a new token; exactly one fetch however many callers ask at once."""
+        return await self._tokens.refresh(stale=stale)
 
-        Callers in this process queue on a lock; workers in other processes meet at the lease
-        in the access_token row. Whoever comes second finds a token other than `stale` and uses it.
-        """
-        loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + self._refresh_wait
-        async with self._refresh_lock:
-            while True:
-                now = self._clock.now()
-                found = await self._db.run(self._find_or_claim, stale=stale, now=now,
-                                           lease_until=now + self._refresh_lease)
-                if isinstance(found, _CachedToken):
-                    return self._remember(found.token, found.expires_at)
-                if found:
-                    return await self._fetch_and_store()
-                if loop.time() >= give_up_at:
-                    raise TransientAPIError("another worker's access_token refresh did not finish")
-                await asyncio.sleep(self._poll_interval)
-
-    def _find_or_claim(
-        self, session: Session, *, stale: str | None, now: datetime, lease_until: datetime
-    ) -> _CachedToken | bool:
-        """In one transaction: a usable stored token, else whether we took the refresh lease."""
-        row = tokens.get(session, app_id=self._app_id)
-        if row is not None and self._usable(row, stale):
-            return _CachedToken(row.token, row.expires_at)  # type: ignore[arg-type]
-        return tokens.claim_refresh(session, app_id=self._app_id,
-                                    seen_token=row.token if row else None,
-                                    now=now, lease_until=lease_until)
-
-    def _fresh(self, expires_at: datetime) -> bool:
-        return expires_at - self._clock.now() > self._refresh_margin
-
-    def _usable(self, row: AccessToken, stale: str | None) -> bool:
-        return (row.token is not None and row.token != stale and row.expires_at is not None
-                and self._fresh(row.expires_at))
-
-    def _remember(self, token: str, expires_at: datetime) -> str:
-        self._cached = _CachedToken(token, expires_at)
-        return token
-
-    async def _fetch_and_store(self) -> str:
-        """Fetch a token while holding the lease; give the lease back if the fetch fails."""
-        stored = False
+    async def _fetch_token(self) -> FetchedToken:
+        """/cgi-bin/token, for the keeper (which holds the refresh lease meanwhile)."""
         try:
             answer = await self._request("GET", TOKEN_PATH, params={
                 "grant_type": "client_credential", "appid": self._app_id, "secret": self._secret,
             })
-            token = answer.get("access_token")
-            if not isinstance(token, str) or not token:
-                raise TokenFetchError(None, "the /cgi-bin/token answer has no access_token")
-            now = self._clock.now()
-            expires_at = now + timedelta(seconds=int(answer.get("expires_in", 7200)))
-            await self._db.run(tokens.store, app_id=self._app_id, token=token,
-                               expires_at=expires_at, now=now)
-            stored = True
-            log.info("fetched a new access_token for app %s", self._app_id)
-            return self._remember(token, expires_at)
         except WeChatAPIError as exc:
-            if isinstance(exc, TransientAPIError):
-                raise
             raise TokenFetchError(
                 exc.errcode,
                 f"{exc.errmsg} (check wechat.app_id, wechat.app_secret and the IP whitelist)",
             ) from None
-        finally:
-            if not stored:
-                await self._db.run(tokens.release_refresh, app_id=self._app_id)
+        token = answer.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise TokenFetchError(None, "the /cgi-bin/token answer has no access_token")
+        log.info("fetched a new access_token for app %s", self._app_id)
+        return FetchedToken(token=token, expires_in=int(answer.get("expires_in", 7200)))
 
     # -- HTTP ---------------------------------------------------------------------------------
 
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST with the token; on a refused token, refresh once and retry once."""
-        token = await self.access_token()
-        try:
+
+        async def request(token: str) -> dict[str, Any]:
             return await self._request("POST", path, params={"access_token": token}, body=body)
-        except WeChatAPIError as exc:
-            if exc.kind is not ErrorKind.TOKEN:
-                raise
-        token = await self.refresh_token(stale=token)
-        return await self._request("POST", path, params={"access_token": token}, body=body)
+
+        return await self._tokens.call(
+            request, refused=lambda exc: isinstance(exc, WeChatAPIError) and exc.kind is ErrorKind.TOKEN)
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:

@@ -1,14 +1,11 @@
 """Reading WeChat Official Account pushes with wechatpy: signatures, crypto, parsing, replies.
 
-wechatpy does the crypto, the XML parsing and the reply rendering. Two gaps are closed here
-(WECHAT.md §1.5, §9): signatures are compared in constant time, and timestamps are checked
-for freshness. XML with a DTD or entity declarations is refused before any parser sees it.
+wechatpy does the crypto, the XML parsing and the reply rendering; bot.platforms.inbound
+closes the gaps it leaves (WECHAT.md §1.5, §9), for this platform and WeCom alike.
 """
 
 from __future__ import annotations
 
-import hmac
-import re
 import struct
 import time
 from dataclasses import dataclass
@@ -16,46 +13,26 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 from xml.parsers.expat import ExpatError
 
-import xmltodict
 from wechatpy import parse_message
 from wechatpy.crypto import WeChatCrypto
 from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
 from wechatpy.replies import TextReply as WeChatTextReply
-from wechatpy.utils import WeChatSigner
 
 from bot.config import WeChatConfig
+from bot.platforms.inbound import (
+    PushRejected,
+    cdata_safe,
+    check_fresh,
+    check_signature,
+    parse_envelope,
+    refuse_declarations,
+    sign,
+    timestamp_and_nonce,
+)
 from handlers.events import EventKind, InboundEvent
 from handlers.replies import NoReply, Reply, as_plain_text
 
 PLATFORM = "oa"
-_DOCTYPE = re.compile(rb"<!\s*(doctype|entity)", re.IGNORECASE)
-# The nonce is echoed into the CDATA of an encrypted reply: WeChat's are digits; allow no markup.
-_NONCE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-# Unix seconds in ASCII digits (str.isdigit also takes '²'); 12 digits last for 30,000 years.
-_TIMESTAMP = re.compile(r"[0-9]{1,12}")
-# Characters XML 1.0 does not allow at all, not even in CDATA.
-_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-class PushRejected(Exception):
-    """A push that is refused with an HTTP status and a short reason for the log."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-def sign(*parts: str) -> str:
-    """WeChat's signature: SHA-1 over the sorted, concatenated parts (wechatpy's signer)."""
-    signer = WeChatSigner()
-    signer.add_data(*parts)
-    return str(signer.signature)
-
-
-def _check(expected: str, given: str | None, what: str) -> None:
-    if not given or not hmac.compare_digest(expected.encode(), given.lower().encode()):
-        raise PushRejected(403, f"bad {what}")
 
 
 @dataclass(frozen=True)
@@ -80,13 +57,9 @@ class OfficialAccountPushes:
         )
 
     def _check_query(self, query: Mapping[str, str], now: float) -> tuple[str, str]:
-        timestamp, nonce = query.get("timestamp", ""), query.get("nonce", "")
-        if not _TIMESTAMP.fullmatch(timestamp) or not _NONCE.fullmatch(nonce):
-            raise PushRejected(400, "missing or malformed timestamp/nonce")
-        _check(sign(self.config.token, timestamp, nonce), query.get("signature"), "signature")
-        skew = self.config.max_clock_skew_seconds
-        if skew and abs(now - int(timestamp)) > skew:
-            raise PushRejected(403, "stale timestamp")
+        timestamp, nonce = timestamp_and_nonce(query)
+        check_signature(sign(self.config.token, timestamp, nonce), query.get("signature"), "signature")
+        check_fresh(timestamp, now=now, skew=self.config.max_clock_skew_seconds)
         return timestamp, nonce
 
     def verify_url(self, query: Mapping[str, str], *, now: float | None = None) -> str:
@@ -109,14 +82,14 @@ class OfficialAccountPushes:
                                "compatible mode); if the account was switched to plain mode, "
                                "clear wechat.encoding_aes_key")
         if encrypted:
-            xml = _parse_xml(body)
+            xml = parse_envelope(body)
             if self.crypto is None:
                 raise PushRejected(400, "encrypted push but wechat.encoding_aes_key is not set")
             encrypt = xml.get("Encrypt")
             if not isinstance(encrypt, str) or not encrypt:
                 raise PushRejected(400, "encrypted push without Encrypt")
-            _check(sign(self.config.token, timestamp, nonce, encrypt),
-                   query.get("msg_signature"), "msg_signature")
+            check_signature(sign(self.config.token, timestamp, nonce, encrypt),
+                            query.get("msg_signature"), "msg_signature")
             try:
                 inner = self.crypto.decrypt_message({"Encrypt": encrypt}, query["msg_signature"].lower(),
                                                     timestamp, nonce)
@@ -130,7 +103,7 @@ class OfficialAccountPushes:
         else:
             raw = body
         # The message itself is parsed once, by wechatpy, after the same guards.
-        _refuse_declarations(raw)
+        refuse_declarations(raw)
         try:
             msg = parse_message(raw.decode("utf-8"))
         except (ExpatError, UnicodeDecodeError, ValueError):
@@ -153,32 +126,6 @@ class OfficialAccountPushes:
         if push.encrypted and self.crypto is not None:
             return str(self.crypto.encrypt_message(xml, push.nonce))
         return str(xml)
-
-
-def cdata_safe(text: str) -> str:
-    """Text to place inside <![CDATA[…]]>: any `]]>` is split across two sections.
-
-    The XML stays well-formed and reads back as exactly the same text; characters XML cannot
-    carry at all are dropped.
-    """
-    return _NOT_XML.sub("", text).replace("]]>", "]]]]><![CDATA[>")
-
-
-def _refuse_declarations(body: bytes) -> None:
-    if _DOCTYPE.search(body):
-        raise PushRejected(400, "XML with DTD or entity declarations")
-
-
-def _parse_xml(body: bytes) -> dict[str, Any]:
-    _refuse_declarations(body)
-    try:
-        doc = xmltodict.parse(body.decode("utf-8"), disable_entities=True)
-    except (ExpatError, UnicodeDecodeError, ValueError):
-        raise PushRejected(400, "malformed XML") from None
-    root = doc.get("xml") if isinstance(doc, dict) else None
-    if not isinstance(root, dict):
-        raise PushRejected(400, "XML without an <xml> root")
-    return root
 
 
 def _to_event(msg: Any, data: Mapping[str, Any]) -> InboundEvent:
