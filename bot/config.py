@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from platformdirs import user_data_dir
 
 DEFAULT_API_BASE_URL = "https://api.weixin.qq.com"
+DEFAULT_WECOM_API_BASE_URL = "https://qyapi.weixin.qq.com"
 ENV_PREFIX = "YINJIAN_"
 _AES_KEY_RE = re.compile(r"^[A-Za-z0-9]{43}$")
 
@@ -104,6 +105,26 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class WeComConfig:
+    """[wecom]: the WeCom self-built app (自建应用); on when corp_id is set."""
+
+    path: str = "/wecom"
+    corp_id: str = ""
+    agent_id: int = 0
+    secret: str = ""
+    token: str = ""
+    encoding_aes_key: str = ""
+    api_base_url: str = DEFAULT_WECOM_API_BASE_URL
+    # An introduction both sides accept on WeCom opens a group chat of the three of them.
+    intro_group: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        """True when the WeCom app is configured (corp_id set)."""
+        return bool(self.corp_id)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of one Yinjian process."""
 
@@ -114,6 +135,7 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     invites: InvitesConfig = field(default_factory=InvitesConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    wecom: WeComConfig = field(default_factory=WeComConfig)
     source: str = "embedded default"
     dev_token: bool = False
 
@@ -126,6 +148,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "scheduler": SchedulerConfig,
     "invites": InvitesConfig,
     "privacy": PrivacyConfig,
+    "wecom": WeComConfig,
 }
 
 
@@ -220,6 +243,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         scheduler=SchedulerConfig(**values["scheduler"]),
         invites=InvitesConfig(**values["invites"]),
         privacy=PrivacyConfig(**values["privacy"]),
+        wecom=WeComConfig(**values["wecom"]),
         source=source,
     )
     cfg = _validate(cfg)
@@ -265,8 +289,37 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(f"invites.max_uses must be 1 or more, got {cfg.invites.max_uses}")
     if cfg.privacy.deletion_grace_days < 0:
         raise ConfigError("privacy.deletion_grace_days must be 0 or more")
+    _validate_wecom(cfg.wecom, w)
     try:
         ZoneInfo(sc.timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"scheduler.timezone is not a known time zone: {sc.timezone!r}") from None
     return cfg
+
+
+# Every key a working WeCom app needs; a section with some but not all of them is a mistake.
+_WECOM_REQUIRED = ("corp_id", "agent_id", "secret", "token", "encoding_aes_key")
+
+
+def _validate_wecom(wc: WeComConfig, w: WeChatConfig) -> None:
+    given = [k for k in _WECOM_REQUIRED if getattr(wc, k)]
+    if not given:
+        return
+    missing = [k for k in _WECOM_REQUIRED if not getattr(wc, k)]
+    if missing:
+        raise ConfigError(f"wecom.{missing[0]} must be set: the [wecom] section has "
+                          f"{', '.join('wecom.' + k for k in given)} but not "
+                          f"{', '.join('wecom.' + k for k in missing)}")
+    if wc.agent_id < 0:
+        raise ConfigError(f"wecom.agent_id must be the app's AgentId (a positive number), got {wc.agent_id}")
+    if not re.fullmatch(r"[A-Za-z0-9]{3,32}", wc.token):
+        raise ConfigError("wecom.token must be 3 to 32 letters and digits, as WeCom requires")
+    if not _AES_KEY_RE.match(wc.encoding_aes_key):
+        raise ConfigError("wecom.encoding_aes_key must be exactly 43 letters and digits "
+                          f"(got {len(wc.encoding_aes_key)} characters)")
+    if not wc.path.startswith("/"):
+        raise ConfigError(f"wecom.path must start with '/', got {wc.path!r}")
+    if wc.path == w.path:
+        raise ConfigError(f"wecom.path and wechat.path must differ (both are {wc.path!r})")
+    if not wc.api_base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"wecom.api_base_url must be an http(s) URL, got {wc.api_base_url!r}")

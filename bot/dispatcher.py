@@ -155,11 +155,13 @@ class Dispatcher:
             log.info("duplicate push %s answered from its stored result", event.dedupe_key)
             outcome.duplicate = True
             return reply_from_json(pushes.stored_reply(session, key=event.dedupe_key, now=now))
-        member = members.touch(
+        identity = members.touch(
             session, platform=event.platform, openid=event.member_id, now=now,
             user_message=event.is_user_message,
             event=event.kind in {EventKind.SUBSCRIBE, EventKind.SCAN, EventKind.CLICK},
         )
+        # A linked identity acts as the member it was linked into (storage.linking).
+        member = members.acting(session, identity=identity)
         outcome.member_lang = member.lang or DEFAULT_LANG
         away: list[outbox.HeldMessage] = []
         released = 0
@@ -169,7 +171,8 @@ class Dispatcher:
             away = outbox.held_for_away(session, member_id=member.id or 0, limit=AWAY_ITEMS)
             released = outbox.release_held(session, member_id=member.id or 0, now=now)
         ctx = Context(event=event, member=member, session=session, now=now,
-                      settings=self.settings, push_key=event.dedupe_key)
+                      settings=self.settings, push_key=event.dedupe_key,
+                      writer=identity if identity.id != member.id else None)
         reply = self.handler(ctx)
         late = deadline and (delivery.answered_elsewhere or delivery.elapsed() > self.passive_cutoff)
         if late and member.status == MemberStatus.ERASED:
@@ -202,7 +205,8 @@ class Dispatcher:
 
     def _move_to_outbox(self, session: Session, *, event: InboundEvent, reply: Reply,
                         shown: frozenset[int]) -> None:
-        member = members.get(session, platform=event.platform, openid=event.member_id)
+        identity = members.get(session, platform=event.platform, openid=event.member_id)
+        member = members.acting(session, identity=identity) if identity is not None else None
         if member is not None and member.id is not None:
             outbox.enqueue(session, member_id=member.id, reply=reply, now=self.clock.now(),
                            priority=outbox.PRIORITY_REPLY, mentions=shown)

@@ -46,6 +46,14 @@ class Context:
     settings: Settings = field(default_factory=Settings)
     # The push being answered; erasing a member keeps its key so a retry is still a duplicate.
     push_key: str = ""
+    # The platform identity that wrote, when it is linked into `member` (storage.linking);
+    # otherwise the member itself.
+    writer: MemberRecord | None = None
+
+    @property
+    def identity(self) -> MemberRecord:
+        """Who wrote, on their platform: the member, or one of its linked identities."""
+        return self.writer or self.member
 
     @property
     def lang(self) -> str:

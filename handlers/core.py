@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 
 from handlers import asks, basics, cards, connections, digests, intros, privacy, rights, search
+from handlers import linking as link_commands
 from handlers.context import Context
 from handlers.events import EventKind
 from handlers.replies import ChoicesReply, NoReply, Reply, TextReply
 from handlers.router import Router
-from storage import dialogs, members
+from storage import dialogs, linking, members
 
 DIALOGS = {**cards.DIALOGS}
 
@@ -18,7 +19,7 @@ DIALOGS = {**cards.DIALOGS}
 def root_router() -> Router:
     """The router tree of every feature; the longest matching alias wins."""
     root = Router(name="root")
-    for feature in (basics, cards, connections, privacy, rights, search, intros, asks, digests):
+    for feature in (basics, cards, connections, privacy, rights, search, intros, asks, digests, link_commands):
         root.include(feature.router)
     return root
 
@@ -27,7 +28,7 @@ def handle(ctx: Context) -> Reply:
     """Answer one event. Runs inside the dispatcher's transaction."""
     event = ctx.event
     if event.kind is EventKind.SUBSCRIBE:
-        returning = members.reactivate(ctx.session, member=ctx.member, now=ctx.now)
+        returning = members.reactivate(ctx.session, member=ctx.identity, now=ctx.now)
         welcome = basics.welcome(ctx, returning=returning)
         if event.scene:
             # Followed by scanning someone's invite QR code: welcome, then connect.
@@ -35,7 +36,11 @@ def handle(ctx: Context) -> Reply:
                             connections.join_with_code(ctx, event.scene, source="qr"))
         return welcome
     if event.kind is EventKind.UNSUBSCRIBE:
-        members.deactivate(ctx.session, member=ctx.member, now=ctx.now)
+        # Leaving one platform: that identity stops. A member who lives on it but is still
+        # linked on another platform moves there first; otherwise the member leaves.
+        if ctx.writer is None:
+            linking.rehome(ctx.session, member=ctx.member, now=ctx.now)
+        members.deactivate(ctx.session, member=ctx.identity, now=ctx.now)
         return NoReply()  # WeChat delivers nothing to someone who just left
     if event.kind is EventKind.SCAN:
         if event.scene:

@@ -122,7 +122,8 @@ def candidates(session: Session, *, after_id: int, limit: int) -> list[Candidate
     rows = session.execute(
         sa.select(_member.c.id, _member.c.lang, cadence, _settings.c.timezone)
         .select_from(_member.outerjoin(_settings, _settings.c.member_id == _member.c.id))
-        .where(_member.c.id > after_id, _member.c.status == MemberStatus.ACTIVE, cadence != OFF)
+        .where(_member.c.id > after_id, _member.c.status == MemberStatus.ACTIVE, cadence != OFF,
+               _member.c.merged_into.is_(None))
         .order_by(_member.c.id).limit(limit)
     ).all()
     return [Candidate(member_id=int(r[0]), lang=r[1], cadence=str(r[2]), timezone=r[3]) for r in rows]

@@ -23,6 +23,7 @@ from storage.models import (
     Dialog,
     ExportLink,
     Invite,
+    LinkCode,
     Member,
     MemberSettings,
     MemberStatus,
@@ -60,9 +61,17 @@ def erase_member(session: Session, *, member: MemberRecord, keep_push_key: Optio
         sa.delete(MemberSettings).where(col(MemberSettings.member_id) == mid),
     ):
         session.execute(stmt)
-    # Their pushes go, but for the one being answered, whose stored key (a digest) must keep
-    # deduplicating; replies stored for others may quote this member's card, so they go too.
-    pushes.forget_member(session, openid=member.openid, keep_key=keep_push_key)
+    session.execute(sa.delete(LinkCode).where(col(LinkCode.member_id) == mid))
+    # Their pushes go, on every platform they wrote from, but for the one being answered,
+    # whose stored key (a digest) must keep deduplicating; replies stored for others may quote
+    # this member's card, so they go too.
+    aliases = session.execute(sa.select(col(Member.id), col(Member.openid))
+                              .where(col(Member.merged_into) == mid)).all()
+    for openid in [member.openid, *(o for _, o in aliases)]:
+        pushes.forget_member(session, openid=openid, keep_key=keep_push_key)
+    for alias_id, _ in aliases:
+        session.execute(sa.delete(LinkCode).where(col(LinkCode.member_id) == alias_id))
+    session.execute(sa.delete(Member).where(col(Member.merged_into) == mid))
     session.execute(sa.delete(Member).where(col(Member.id) == mid))
     member.status = MemberStatus.ERASED
 

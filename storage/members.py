@@ -30,10 +30,11 @@ class MemberRecord:
     last_message_at: Optional[datetime]
     last_event_at: Optional[datetime]
     deactivated_at: Optional[datetime]
+    merged_into: Optional[int] = None  # this identity was linked into that member
 
 
 _COLUMNS = ("id", "platform", "openid", "lang", "status", "created_at", "last_message_at",
-            "last_event_at", "deactivated_at")
+            "last_event_at", "deactivated_at", "merged_into")
 _TIMES = {i for i, name in enumerate(_COLUMNS) if name.endswith("_at")}
 
 
@@ -78,6 +79,22 @@ def touch(
     row = _TOUCH[(user_message, event)].execute(session, (
         platform, openid, at, at if user_message else None, at if event else None)).fetchone()
     return _record(row)
+
+
+_LOCK = RawStatement(f"SELECT {', '.join(_COLUMNS)} FROM member WHERE id = ? FOR UPDATE")
+
+
+def acting(session: Session, *, identity: MemberRecord) -> MemberRecord:
+    """The member a platform identity acts as: itself, or the member it was linked into.
+
+    The member's row is locked for the transaction on PostgreSQL, as `touch` locks the
+    identity's, so pushes from both of a member's platforms are handled one at a time.
+    """
+    if identity.merged_into is None:
+        return identity
+    lock = _LOCK if session.get_bind().dialect.name == "postgresql" else _BY_ID
+    row = lock.execute(session, (identity.merged_into,)).fetchone()
+    return _record(row) if row else identity
 
 
 def get(session: Session, *, platform: str, openid: str) -> MemberRecord | None:

@@ -61,6 +61,20 @@ class Member(SQLModel, table=True):
     # Subscribe, scan and menu clicks open the shorter 3-per-minute window.
     last_event_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
     deactivated_at: Optional[datetime] = Field(default=None, sa_type=UTCDateTime)
+    # Set when this platform identity was linked into another member (`link CODE`): the row
+    # then only says who is writing; the card, the network and everything else are the other's.
+    merged_into: Optional[int] = Field(default=None, foreign_key="member.id", index=True)
+
+
+class LinkCode(SQLModel, table=True):
+    """A one-time code (10 minutes) that joins a member's identities on two platforms."""
+
+    __tablename__ = "link_code"
+
+    code: str = Field(primary_key=True, max_length=16)
+    member_id: int = Field(foreign_key="member.id", index=True)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
 
 
 class InboundPush(SQLModel, table=True):

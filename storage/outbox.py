@@ -423,3 +423,14 @@ def mark_passive(session: Session, *, outbox_ids: Collection[int], now: datetime
         .values(status=OutboxStatus.SENT, sent_at=now, lease_until=None,
                 attempts=_outbox.c.attempts + 1)
     )
+
+
+def move_member(session: Session, *, from_id: int, to_id: int) -> None:
+    """Every message to or about `from_id` is now to or about `to_id` (linking two identities)."""
+    session.execute(sa.update(_outbox).where(_outbox.c.member_id == from_id).values(member_id=to_id))
+    both = sa.select(_mention.c.outbox_id).where(_mention.c.member_id == to_id)
+    session.execute(sa.delete(_mention).where(_mention.c.member_id == from_id, _mention.c.outbox_id.in_(both)))
+    session.execute(sa.update(_mention).where(_mention.c.member_id == from_id).values(member_id=to_id))
+    # A message to the member about themselves says nothing worth redacting later.
+    session.execute(sa.delete(_mention).where(_mention.c.member_id == to_id, _mention.c.outbox_id.in_(
+        sa.select(_outbox.c.id).where(_outbox.c.member_id == to_id))))

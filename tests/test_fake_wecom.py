@@ -124,5 +124,5 @@ async def test_vector_c_through_the_webhook_over_http() -> None:
         assert answer.reply["FromUserName"] == C_CORP
         (callback,) = app.accepted
         assert callback.event.member_id == "ChenJiaShun" and callback.event.platform == "wecom"
-        assert callback.event.dedupe_key == "msg:ChenJiaShun:1456453720"
+        assert callback.event.dedupe_key == "wecom:msg:ChenJiaShun:1456453720"
         assert callback.agent_id == "1000002" and callback.corp_id == C_CORP

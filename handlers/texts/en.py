@@ -309,4 +309,14 @@ TEXTS: dict[str, str] = {
     "introduce_their_ask": "{name}'s ask: “{ask}”",
     "introduce_not_now": "{a} and {b} cannot be introduced to each other right now. Please try again in a few weeks.",
     "intro_sent_instead": "{shown} cannot pass this one on right now, so your request to meet {name} goes through {via}, another contact you share, instead. You will hear back here; a request nobody answers lapses after {days} days.",
+    # --- issue 9: one member on two platforms (handlers/linking.py) ---
+    "summary_link": "link my Official Account and WeCom accounts into one member",
+    "link_phrase": "link {code}",
+    "link_code": "Your link code: {code} (valid {minutes} minutes, once). On your other account (the Official Account or WeCom), send either line:\n\n{phrases}\n\nBoth accounts then share one card, one network and one language.",
+    "link_not_here": "Linking joins your Official Account and WeCom accounts; it does not work in this chat.",
+    "link_already": "Your Official Account and WeCom accounts are already linked. Nothing changed.",
+    "link_unknown": "That link code does not work (they last 10 minutes and work once). Send link on your other account for a new one.",
+    "link_own": "That code is from this account. Send it from your other account (the Official Account or WeCom) instead.",
+    "link_same_platform": "Both accounts are on the same platform, so they cannot be linked: link joins an Official Account account with a WeCom one.",
+    "link_done": "Linked: your Official Account and WeCom accounts are now one member, with one card and one network. Where both cards had a field, the older one was kept. Your card now:",
 }
