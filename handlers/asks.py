@@ -191,7 +191,7 @@ def nudge_command(ctx: Context, args: str) -> Reply:
     candidate = visible_name(s, viewer_id=me, owner_id=nudge.candidate_id, lang=ctx.lang)
     if word in _NO:
         store.decide_nudge(s, nudge_id=nudge_id, connector_id=me, status=store.NOT_NOW, now=now)
-        return TextReply(ctx.t("nudge_not_now", requester=requester))
+        return TextReply(ctx.t("nudge_not_now", requester=requester), status=ctx.t("status_not_now"))
     if not store.is_open(ask, now):
         store.decide_nudge(s, nudge_id=nudge_id, connector_id=me, status=store.NOT_NOW, now=now)
         return TextReply(ctx.t("nudge_ask_closed", requester=requester))
@@ -206,7 +206,8 @@ def nudge_command(ctx: Context, args: str) -> Reply:
                                name=requester if who == ask.member_id else candidate))
     store.decide_nudge(s, nudge_id=nudge_id, connector_id=me, status=store.INTRODUCED, now=now)
     return TextReply(ctx.t("introduce_sent", a=requester, b=candidate,
-                           days=max(1, round(ctx.settings.intro_step_ttl.total_seconds() / 86400))))
+                           days=max(1, round(ctx.settings.intro_step_ttl.total_seconds() / 86400))),
+                     status=ctx.t("status_introduced"))
 
 
 # --- follow-ups ---
@@ -274,7 +275,7 @@ def met_command(ctx: Context, args: str) -> Reply:
     if value == followups.NOT_YET and fu.round < followups.LAST_ROUND:
         followups.schedule(s, intro_id=intro_id, member_ids=[me], due_at=now + followups.FOLLOW_UP_AFTER,
                            round_=fu.round + 1)
-        return TextReply(ctx.t("met_later", name=oname))
+        return TextReply(ctx.t("met_later", name=oname), status=ctx.t("status_noted"))
     for c in followups.connectors_of(intro.kind, intro.broker_id, intro.path):
         if not _active(s, c):
             continue
@@ -284,7 +285,7 @@ def met_command(ctx: Context, args: str) -> Reply:
                        reply=TextReply(texts.text(
                            lang, f"met_told_{value}", member=visible_name(s, viewer_id=c, owner_id=me, lang=lang),
                            other=visible_name(s, viewer_id=c, owner_id=other, lang=lang))))
-    return TextReply(ctx.t(f"met_thanks_{value}", name=oname))
+    return TextReply(ctx.t(f"met_thanks_{value}", name=oname), status=ctx.t("status_noted"))
 
 
 def expire_asks(session: Session, *, now: datetime) -> int:

@@ -186,4 +186,5 @@ def strength_command(ctx: Context, args: str) -> Reply:
     graph.set_strength(ctx.session, member_id=ctx.member.id or 0, contact_id=row.contact_id,
                              strength=level)
     name = display_name(ctx, viewer_id=ctx.member.id or 0, owner_id=row.contact_id, lang=ctx.lang)
-    return TextReply(ctx.t("strength_saved", name=name, tie=ctx.t(f"strength_{level}")))
+    return TextReply(ctx.t("strength_saved", name=name, tie=ctx.t(f"strength_{level}")),
+                     status=ctx.t("status_noted"))

@@ -18,7 +18,7 @@ from handlers.connections import ask_strength, contact_number
 from handlers.context import Context, Settings
 from handlers.dates import local_date
 from handlers.outgoing import tell
-from handlers.replies import Choice, ChoicesReply, NoReply, Reply, TextReply
+from handlers.replies import Choice, ChoicesReply, NoReply, Reply, TextReply, with_status
 from handlers.fields import clean
 from handlers.router import Router, parse_number, split_first
 from handlers.visibility import visible_name, what_may_see
@@ -450,40 +450,47 @@ _FINISHED = {store.ACCEPTED: "decide_already_accepted", store.DECLINED: "decide_
 
 
 def _decide(ctx: Context, args: str, *, accept: bool) -> Reply:
+    """accept/decline: the answer, saying in a few words what it did (for a tapped card)."""
+    reply, status = _decided(ctx, args, accept=accept)
+    return with_status(reply, ctx.t(f"status_{status}"))
+
+
+def _decided(ctx: Context, args: str, *, accept: bool) -> tuple[Reply, str]:
     raw_id, rest = split_first(args)
     parsed = parse_number(raw_id)
     if parsed is None:
-        return TextReply(ctx.t("decide_usage"))
+        return TextReply(ctx.t("decide_usage")), "unchanged"
     step_id, me, s, now = parsed, ctx.member.id or 0, ctx.session, ctx.now
     found = store.get_step(s, step_id=step_id)
     if found is None or found.actor_id != me:
-        return TextReply(ctx.t("decide_unknown", id=step_id))  # the same for someone else's step
+        return TextReply(ctx.t("decide_unknown", id=step_id)), "unchanged"  # also someone else's step
     intro = store.get_intro(s, intro_id=found.intro_id, lock=True)
     step = store.get_step(s, step_id=step_id)  # read again now that the introduction is ours
     if intro is None or step is None:
-        return TextReply(ctx.t("decide_unknown", id=step_id))
+        return TextReply(ctx.t("decide_unknown", id=step_id)), "unchanged"
     if step.status != store.PENDING:
-        return TextReply(ctx.t(_FINISHED.get(step.status, "decide_closed"), id=step_id))
+        return TextReply(ctx.t(_FINISHED.get(step.status, "decide_closed"), id=step_id)), "unchanged"
     if step.expires_at is not None and step.expires_at <= now:
         # The job has not got to it yet; the answer is the same as after it has.
-        return TextReply(ctx.t("decide_expired", id=step_id))
+        return TextReply(ctx.t("decide_expired", id=step_id)), "unchanged"
     vouch = clean(rest) if accept and step.role == store.ROLE_CONNECTOR else ""
     if len(vouch) > VOUCH_MAX:
-        return TextReply(ctx.t("vouch_too_long", max=VOUCH_MAX, got=len(vouch)))
+        return TextReply(ctx.t("vouch_too_long", max=VOUCH_MAX, got=len(vouch))), "unchanged"
     if not store.decide(s, step_id=step_id, actor_id=me, status=store.ACCEPTED if accept else store.DECLINED,
                         vouch=vouch, now=now):
-        return TextReply(ctx.t("decide_closed", id=step_id))
+        return TextReply(ctx.t("decide_closed", id=step_id)), "unchanged"
     if not accept:
         _fail(s, intro=intro, status=store.DECLINED, now=now, decider=me)
-        return TextReply(ctx.t("declined_reply"))
+        return TextReply(ctx.t("declined_reply")), "declined"
     if intro.kind == store.KIND_BROKER:
         if all(x.status == store.ACCEPTED for x in store.steps_of(s, intro_id=intro.id)):
-            return _complete(s, intro=intro, now=now, decider=me)
+            return _complete(s, intro=intro, now=now, decider=me), "accepted"
         other = intro.target_id if me == intro.requester_id else intro.requester_id or 0
-        return TextReply(ctx.t("introduce_waiting", name=visible_name(s, viewer_id=me, owner_id=other, lang=ctx.lang)))
+        return TextReply(ctx.t("introduce_waiting",
+                               name=visible_name(s, viewer_id=me, owner_id=other, lang=ctx.lang))), "accepted"
     if step.role == store.ROLE_TARGET:
-        return _complete(s, intro=intro, now=now, decider=me)
-    return _forward(ctx, intro, step, vouch)
+        return _complete(s, intro=intro, now=now, decider=me), "accepted"
+    return _forward(ctx, intro, step, vouch), "forwarded"
 
 
 def _forward(ctx: Context, intro: IntroView, step: StepView, vouch: str) -> Reply:

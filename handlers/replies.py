@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Union
 
 
@@ -17,9 +17,14 @@ class Choice:
 
 @dataclass(frozen=True)
 class TextReply:
-    """A plain text answer."""
+    """A plain text answer.
+
+    `status` is a few words saying what the answer did ("Accepted", "已婉拒"), for platforms
+    that can show it on the message whose button was tapped (a WeCom card).
+    """
 
     text: str
+    status: str = ""
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,7 @@ class ChoicesReply:
     text: str
     choices: tuple[Choice, ...] = field(default_factory=tuple)
     footer: str = ""
+    status: str = ""
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,13 @@ class NoReply:
 
 
 Reply = Union[TextReply, ChoicesReply, NoReply]
+
+
+def with_status(reply: Reply, status: str) -> Reply:
+    """The reply, saying in a few words what it did (NoReply has nothing to say)."""
+    if isinstance(reply, NoReply):
+        return reply
+    return replace(reply, status=status)
 
 
 def reply_to_json(reply: Reply) -> str:
@@ -51,7 +64,9 @@ def reply_to_json(reply: Reply) -> str:
             "footer": reply.footer,
         }
     else:
-        data = {"type": "none"}
+        return json.dumps({"type": "none"})
+    if reply.status:
+        data["status"] = reply.status
     return json.dumps(data, ensure_ascii=False)
 
 
@@ -61,12 +76,13 @@ def reply_from_json(raw: str | None) -> Reply:
         return NoReply()
     data = json.loads(raw)
     if data.get("type") == "text":
-        return TextReply(text=data["text"])
+        return TextReply(text=data["text"], status=data.get("status", ""))
     if data.get("type") == "choices":
         return ChoicesReply(
             text=data["text"],
             choices=tuple(Choice(label=c["label"], command=c["command"]) for c in data["choices"]),
             footer=data.get("footer", ""),
+            status=data.get("status", ""),
         )
     return NoReply()
 

@@ -319,4 +319,13 @@ TEXTS: dict[str, str] = {
     "link_own": "That code is from this account. Send it from your other account (the Official Account or WeCom) instead.",
     "link_same_platform": "Both accounts are on the same platform, so they cannot be linked: link joins an Official Account account with a WeCom one.",
     "link_done": "Linked: your Official Account and WeCom accounts are now one member, with one card and one network. Where both cards had a field, the older one was kept. Your card now:",
+    # What a tapped button shows afterwards (a WeCom card), a few characters each.
+    "status_unchanged": "No change",
+    "status_accepted": "Accepted",
+    "status_declined": "Declined",
+    "status_forwarded": "Forwarded",
+    "status_introduced": "Introduced",
+    "status_not_now": "Not now",
+    "status_noted": "Noted",
+    "status_done": "Done",
 }

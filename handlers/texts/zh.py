@@ -319,4 +319,13 @@ TEXTS: dict[str, str] = {
     "link_own": "这个关联码来自当前账号。请在你的另一个账号（公众号或企业微信）里发送它。",
     "link_same_platform": "这两个账号在同一个平台上，无法关联：关联只能连接一个公众号账号和一个企业微信账号。",
     "link_done": "关联成功：你的公众号账号和企业微信账号现在是同一位成员，共用一张名片和一个人脉圈。两张名片都填写了的字段，保留较早的那一张。你现在的名片：",
+    # What a tapped button shows afterwards (a WeCom card), a few characters each.
+    "status_unchanged": "无变化",
+    "status_accepted": "已接受",
+    "status_declined": "已婉拒",
+    "status_forwarded": "已转介",
+    "status_introduced": "已介绍",
+    "status_not_now": "暂不",
+    "status_noted": "已记录",
+    "status_done": "已处理",
 }
