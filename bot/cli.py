@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("--list", action="store_true", help="list the jobs")
     chat = add("chat", "chat with the bot in the terminal as a member")
     chat.add_argument("--user", required=True, metavar="NAME", help="the member to chat as")
+    menu = add("menu", "the account menus")
+    menu.add_argument("action", choices=["push"], help="push: set the Official Account's and the "
+                      "WeCom app's menus from the declared buttons")
     return parser
 
 
@@ -63,6 +66,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _db_upgrade(config)
         if args.command == "run-job":
             return asyncio.run(_run_job(config, args.name, args.at, args.list))
+        if args.command == "menu":
+            return asyncio.run(_menu_push(config))
         if args.command == "chat":
             from bot.chat import run_chat
 
@@ -198,6 +203,45 @@ async def _run_job(config: Config, name: Optional[str], at: Optional[str], list_
         await db.dispose()
     print(f"{name}: {result}")
     return 0
+
+
+async def _menu_push(config: Config) -> int:
+    """Set each configured platform's menu from handlers.menu; one line per platform."""
+    from bot.platforms.errors import PlatformAPIError
+    from bot.platforms.official_account.api import WeChatAPI
+    from bot.platforms.wecom.api import WeComAPI
+    from handlers.menu import layout
+    from storage.db import Database
+
+    buttons = layout()
+    db = Database(config.storage.url)
+    clients: list[tuple[str, WeChatAPI | WeComAPI]] = []
+    if config.wechat.api_configured:
+        clients.append(("Official Account", WeChatAPI.from_config(config.wechat, db=db)))
+    if config.wecom.enabled:
+        w = config.wecom
+        clients.append((f"WeCom app {w.agent_id}", WeComAPI(
+            db=db, corp_id=w.corp_id, agent_id=w.agent_id, secret=w.secret, base_url=w.api_base_url)))
+    if not clients:
+        print("yinjian: no platform to set a menu on: configure wechat.app_id and wechat.app_secret, "
+              "or the [wecom] section", file=sys.stderr)
+        return 2
+    failed = 0
+    try:
+        await db.upgrade()  # the access_token is kept in the database
+        for name, client in clients:
+            try:
+                await client.set_menu(buttons)
+            except PlatformAPIError as exc:
+                failed += 1
+                print(f"yinjian: the {name} menu was not set: {exc}", file=sys.stderr)
+            else:
+                print(f"{name}: menu set ({', '.join(b['name'] for b in buttons)})")
+            finally:
+                await client.close()
+    finally:
+        await db.dispose()
+    return 1 if failed else 0
 
 
 def _is_database_error(exc: BaseException) -> bool:

@@ -15,7 +15,7 @@ import pytest
 from storage.db import Database
 
 # The fake WeChat API (tests/fakes/fake_api.py) is a fixture for every test module.
-pytest_plugins = ["tests.fakes.fake_api"]
+pytest_plugins = ["tests.fakes.fake_api", "tests.fakes.wecom_api"]
 
 PG_URL = os.environ.get("YINJIAN_TEST_PG_URL", "postgresql://127.0.0.1:5432/test")
 _BACKENDS = [b.strip() for b in os.environ.get("YINJIAN_TEST_DATABASES", "sqlite,postgresql").split(",") if b.strip()]

@@ -22,6 +22,7 @@ TOKEN_PATH = "/cgi-bin/token"
 CUSTOM_SEND_PATH = "/cgi-bin/message/custom/send"
 TEMPLATE_SEND_PATH = "/cgi-bin/message/template/send"
 QRCODE_CREATE_PATH = "/cgi-bin/qrcode/create"
+MENU_CREATE_PATH = "/cgi-bin/menu/create"
 
 # WeChat's customer-service rules (WECHAT.md §4), enforced once a test calls `enforce_budget`.
 WINDOW = timedelta(hours=48)
@@ -69,6 +70,7 @@ class FakeWeChatAPI:
     token_fetches: int = 0
     template_repeats: int = 0  # template sends WeChat dropped as repeats of a client_msg_id
     base_url: str = ""
+    menu: list[Any] | None = None  # the last menu set
     _valid_tokens: set[str] = field(default_factory=set)
     _expired_tokens: set[str] = field(default_factory=set)
     _script: dict[str, deque[_Failure]] = field(default_factory=lambda: defaultdict(deque))
@@ -209,7 +211,23 @@ class FakeWeChatAPI:
             CUSTOM_SEND_PATH: self._custom_send,
             TEMPLATE_SEND_PATH: self._template_send,
             QRCODE_CREATE_PATH: self._qrcode_create,
+            MENU_CREATE_PATH: self._menu_create,
         }
+
+    def _menu_create(self, call: Call) -> dict[str, Any]:
+        """menu/create: 1-3 buttons, each a click with a key or up to 5 sub-buttons."""
+        buttons = (call.body or {}).get("button")
+        if not isinstance(buttons, list) or not 1 <= len(buttons) <= 3:
+            return {"errcode": 40017, "errmsg": "invalid button size"}
+        for b in buttons:
+            subs = b.get("sub_button")
+            items = subs if subs else [b]
+            if subs is not None and not 1 <= len(subs) <= 5:
+                return {"errcode": 40023, "errmsg": "invalid sub button size"}
+            if any(i.get("type") != "click" or not i.get("key") or not i.get("name") for i in items):
+                return {"errcode": 40016, "errmsg": "invalid button"}
+        self.menu = buttons
+        return {"errcode": 0, "errmsg": "ok"}
 
     def _token(self, call: Call) -> dict[str, Any]:
         q = call.query

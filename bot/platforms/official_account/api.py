@@ -194,6 +194,10 @@ class WeChatAPI:
         msgid = answer.get("msgid")
         return int(msgid) if msgid is not None else None
 
+    async def set_menu(self, buttons: list[dict[str, Any]]) -> None:
+        """Replace the account's custom menu (menu/create); click keys are our commands."""
+        await self._call(MENU_CREATE_PATH, {"button": buttons})
+
     async def create_qrcode(self, scene: str, *, expire_seconds: int) -> QRCode:
         """Create a temporary QR code carrying a string scene (QR_STR_SCENE)."""
         if not 1 <= len(scene) <= 64:
