@@ -71,7 +71,8 @@ class Database:
         self.url = url
         self.sync_url = sync_url(url)
         self.sqlite = is_sqlite(url)
-        kwargs: dict[str, Any] = {"echo": echo}
+        # Members' words are bound parameters: an error message must never carry them.
+        kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
         if self.sqlite:
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         else:
