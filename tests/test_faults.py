@@ -8,19 +8,38 @@ webhook over HTTP, /healthz, the outbox table and the fake WeChat API.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sqlite3
+import time
+from collections.abc import AsyncIterator
+from typing import Any
 
+import aiohttp
 import psycopg
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from sqlmodel import col
 
-from tests.botkit import make_config, running_bot
-from tests.conftest import PG_URL
-from tests.fakes.wechat_server import text_xml
+from bot.app import HEALTH_TIMEOUT
+from bot.dispatcher import ANSWER_DEADLINE
+from storage.models import InboundPush, Invite, Member
+from tests.botkit import RunningBot, make_config, running_bot, say
+from tests.conftest import _BACKENDS, PG_URL
+from tests.fakes.tcp_proxy import TcpProxy
+from tests.fakes.wechat_server import Answer, FakeWeChatServer, text_xml
+from tests.faultkit import via_port
 
+# The dispatcher answers by ANSWER_DEADLINE from reading the push; this covers the HTTP
+# round trip on a loaded machine, and stays under WeChat's own 5 s.
+HTTP_SLACK = 0.4
 APOLOGY_ZH = "出了点问题"
+
+postgres_only = pytest.mark.skipif("postgresql" not in _BACKENDS,
+                                   reason="PostgreSQL is not among YINJIAN_TEST_DATABASES")
+on_postgres = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 
 
 def pg_schema(db_url: str) -> str:
@@ -45,6 +64,47 @@ def execute_outside(db_url: str, *statements: str) -> None:
         conn.execute(f'SET search_path TO "{pg_schema(db_url)}"')
         for statement in statements:
             conn.execute(statement)
+
+
+async def timed_push(bot: RunningBot | FakeWeChatServer, xml: str,
+                     session: aiohttp.ClientSession | None = None) -> tuple[Answer, float]:
+    """Push as WeChat does; the answer and how long it took."""
+    fake = bot.wechat if isinstance(bot, RunningBot) else bot
+    started = time.monotonic()
+    answer = await fake.push(xml, session=session)
+    return answer, time.monotonic() - started
+
+
+async def healthz(base_url: str) -> tuple[int, float]:
+    """GET /healthz: the status and how long it took."""
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session, session.get(f"{base_url}/healthz") as resp:
+        await resp.read()
+        return resp.status, time.monotonic() - started
+
+
+async def count(bot: RunningBot, stmt: sa.Select[Any]) -> int:
+    """A count from the bot's database (off the event loop, which may run the proxy)."""
+    return await bot.services.db.run(lambda s: int(s.execute(stmt).scalar_one()))
+
+
+async def invites_of(bot: RunningBot, openid: str) -> int:
+    """How many invite codes the member has made (each handled `invite` makes one)."""
+    return await count(bot, sa.select(sa.func.count()).select_from(Invite)
+                       .join(Member, col(Member.id) == col(Invite.inviter_id))
+                       .where(col(Member.openid) == openid))
+
+
+@pytest.fixture
+async def proxy(db_url: str) -> AsyncIterator[TcpProxy]:
+    """A TCP proxy in front of the test's PostgreSQL server."""
+    url = make_url(db_url)
+    tcp = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    await tcp.start()
+    try:
+        yield tcp
+    finally:
+        await tcp.close()
 
 
 # --- A: logs never carry what members typed ---------------------------------------------------
@@ -85,3 +145,111 @@ async def test_a_database_error_logs_nothing_the_member_typed(
         if record.exc_info:
             logged.append(formatter.formatException(record.exc_info))
         assert not any("SOMESECRET" in part for part in logged), (record.name, logged)
+
+
+# --- B: transient trouble is not stored; WeChat's retry runs the push --------------------------
+
+async def test_b_transient_trouble_answers_503_and_the_retry_runs_the_push_once(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    sqlite = db_url.startswith("sqlite")
+    proxy: TcpProxy | None = None
+    url = db_url
+    if not sqlite:
+        parsed = make_url(db_url)
+        proxy = TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5432)
+        await proxy.start()
+        url = via_port(db_url, proxy.port)
+    try:
+        async with running_bot(make_config(url)) as bot:
+            assert "Commands" in await say(bot, "o_first", "help")
+            blocker: sqlite3.Connection | None = None
+            if sqlite:
+                # Another process holds SQLite's write lock: the push cannot even begin, and its
+                # database thread is taken, so the next push waits in line for it.
+                blocker = sqlite3.connect(make_url(db_url).database or "", isolation_level=None)
+                blocker.execute("BEGIN IMMEDIATE")
+            else:
+                assert proxy is not None
+                proxy.refuse()  # PostgreSQL is gone: connections are refused
+            pushes = [text_xml(openid, "invite", bot.wechat.next_msg_id())
+                      for openid in ("o_first", "o_second")]
+            answers = await asyncio.gather(*(timed_push(bot, xml) for xml in pushes))
+            for answer, took in answers:
+                assert answer.status == 503, answer
+                assert took < ANSWER_DEADLINE + HTTP_SLACK
+            print(f"\n503 ({'write lock held' if sqlite else 'connections refused'}): "
+                  f"answered in {max(took for _, took in answers):.2f} s")
+            if sqlite:
+                assert blocker is not None
+                blocker.execute("ROLLBACK")
+                blocker.close()
+            else:
+                assert proxy is not None
+                proxy.accept()
+            # WeChat delivers each push again: handled now, and only once.
+            for xml, openid in zip(pushes, ("o_first", "o_second"), strict=True):
+                retried = await bot.wechat.push(xml)
+                assert retried.status == 200 and "join" in (retried.content or ""), retried
+                assert (await bot.wechat.push(xml)).content == retried.content
+                assert await invites_of(bot, openid) == 1
+            assert await count(bot, sa.select(sa.func.count()).select_from(InboundPush)) == 3
+    finally:
+        if proxy is not None:
+            await proxy.close()
+    assert not [r for r in caplog.records if r.exc_info], "a traceback for an outage"
+    assert any("503" in r.getMessage() for r in caplog.records if r.name == "bot.dispatcher")
+
+
+# --- C: PostgreSQL vanishes without a word, then comes back -------------------------------------
+
+@postgres_only
+@on_postgres
+async def test_c_partition_every_push_answered_in_time_and_handled_once_after_healing(
+    db_url: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with running_bot(make_config(via_port(db_url, proxy.port))) as bot:
+        assert "English" in await say(bot, "o_before", "lang en")
+        assert "Before Partition" in await say(bot, "o_before", "set name Before Partition")
+        # Several pushes at once, so the pool holds connections that will hang when pinged.
+        warm = await asyncio.gather(*(say(bot, f"o_warm_{n}", "help") for n in range(8)))
+        assert all("Commands" in w for w in warm)
+        assert (await healthz(bot.base_url))[0] == 200
+
+        proxy.pause()
+        # More pushes at once than the database has threads: some are stuck on the database,
+        # the others wait in line for a thread. Every one is answered before WeChat gives up.
+        openids = [f"o_part_{n}" for n in range(10)]
+        pushes = [text_xml(o, "invite", bot.wechat.next_msg_id()) for o in openids]
+        answers, (health, health_took) = await asyncio.gather(
+            asyncio.gather(*(timed_push(bot, xml) for xml in pushes)), healthz(bot.base_url))
+        assert health == 503 and health_took < HEALTH_TIMEOUT + HTTP_SLACK
+        assert all(a.status == 503 for a, _ in answers), [a.status for a, _ in answers]
+        worst = max(took for _, took in answers)
+        assert worst < ANSWER_DEADLINE + HTTP_SLACK
+        assert (await healthz(bot.base_url))[0] == 503  # still gone
+
+        proxy.resume()
+        healed = time.monotonic()
+        probe = 0
+        while True:
+            probe += 1
+            answer = await bot.wechat.push(text_xml("o_probe", "help", bot.wechat.next_msg_id()))
+            if answer.status == 200 and answer.content:
+                break
+            assert time.monotonic() - healed < 30, "not handling pushes 30 s after healing"
+            await asyncio.sleep(0.5)
+        recovered = time.monotonic() - healed
+        assert (await healthz(bot.base_url))[0] == 200
+        # WeChat's retries of the pushes answered 503: each is handled, exactly once.
+        for xml, openid in zip(pushes, openids, strict=True):
+            retried = await bot.wechat.push(xml)
+            assert retried.status == 200 and "join" in (retried.content or ""), retried
+            assert (await bot.wechat.push(xml)).content == retried.content
+            assert await invites_of(bot, openid) == 1
+        assert "Before Partition" in await say(bot, "o_before", "card")
+    assert not [r for r in caplog.records if r.exc_info], "a traceback for an outage"
+    print(f"\npartition: slowest push answer {worst:.2f} s, /healthz {health_took:.2f} s, "
+          f"handling again {recovered:.2f} s after healing ({probe} probe(s))")
