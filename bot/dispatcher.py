@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from handlers.events import EventKind, InboundEvent
 from handlers.replies import NoReply, Reply, TextReply, reply_from_json, reply_to_json
 from handlers.texts import DEFAULT_LANG, text
 from storage import members, outbox, pushes
-from storage.db import Database, describe_error, transient
+from storage.db import Database, conflict, describe_error, transient
 from storage.models import MemberStatus
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,10 @@ ANSWER_DEADLINE = 4.5
 PASSIVE_CUTOFF = 4.0
 # How many held messages a passive reply carries at most ("while you were away…").
 AWAY_ITEMS = 3
+# A push's transaction that hits a deadlock or a serialization failure (PostgreSQL, two
+# workers changing the same rows) is run again from the start, up to this many runs in all;
+# only then does it count as database trouble.
+CONFLICT_RUNS = 4
 
 
 class PushNotStored(Exception):
@@ -199,23 +204,32 @@ class Dispatcher:
                 delivery.result.set_result(result)
 
     async def _handle_once(self, delivery: _Delivery, *, deadline: bool) -> Reply | PushNotStored:
-        event, now, outcome = delivery.event, self.clock.now(), _Outcome()
-        try:
-            reply = await self.db.run_interactive(self._in_transaction, delivery=delivery,
-                                                  now=now, deadline=deadline, outcome=outcome)
-        except _Abandoned:
-            log.info("push %s was answered 503 before its transaction could claim it; "
-                     "left to WeChat's retry", event.dedupe_key)
-            return PushNotStored("abandoned")
-        except Exception as exc:
-            delivery.unclaim()  # rolled back, and the claim with it
-            if transient(exc):
-                return self._not_stored(delivery, exc)
-            log.exception("handler failed for push %s (%s)", event.dedupe_key,
-                          event.raw_type or event.kind)
-            reply = TextReply(text(outcome.member_lang, "error"))
-            await self._store_failure(event, reply)
-            return reply
+        event = delivery.event
+        for run in range(1, CONFLICT_RUNS + 1):
+            now, outcome = self.clock.now(), _Outcome()
+            try:
+                reply = await self.db.run_interactive(self._in_transaction, delivery=delivery,
+                                                      now=now, deadline=deadline, outcome=outcome)
+                break
+            except _Abandoned:
+                log.info("push %s was answered 503 before its transaction could claim it; "
+                         "left to WeChat's retry", event.dedupe_key)
+                return PushNotStored("abandoned")
+            except Exception as exc:
+                delivery.unclaim()  # rolled back, and the claim with it
+                if conflict(exc) and run < CONFLICT_RUNS:
+                    log.info("push %s: %s with another transaction; running it again (%d)",
+                             event.dedupe_key, describe_error(exc), run)
+                    # Spread the reruns, so that the transactions that collided do not again.
+                    await asyncio.sleep(random.uniform(0.005, 0.03) * run)
+                    continue
+                if transient(exc):
+                    return self._not_stored(delivery, exc)
+                log.exception("handler failed for push %s (%s)", event.dedupe_key,
+                              event.raw_type or event.kind)
+                reply = TextReply(text(outcome.member_lang, "error"))
+                await self._store_failure(event, reply)
+                return reply
         if outcome.late:
             self.on_outbox()
             return NoReply()

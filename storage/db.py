@@ -234,6 +234,10 @@ _INTERACTIVE_LIMITS = (
 # SQLite result codes that mean "busy or broken for now", not "this statement is wrong".
 _SQLITE_TRANSIENT = {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_FULL",
                      "SQLITE_CANTOPEN", "SQLITE_PROTOCOL", "SQLITE_INTERRUPT"}
+# PostgreSQL: another transaction changed what this one read or waits for; running it again works.
+_PG_CONFLICTS = {"40001", "40P01"}  # serialization_failure, deadlock_detected
+
+
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     """The exception, what SQLAlchemy wrapped, and what caused it (each once)."""
     seen: set[int] = set()
@@ -246,6 +250,11 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         yield cur
         orig = getattr(cur, "orig", None)
         todo += [orig if isinstance(orig, BaseException) else None, cur.__cause__, cur.__context__]
+
+
+def conflict(exc: BaseException) -> bool:
+    """True for a PostgreSQL deadlock or serialization failure: run the whole transaction again."""
+    return any(getattr(e, "sqlstate", None) in _PG_CONFLICTS for e in _chain(exc))
 
 
 def transient(exc: BaseException) -> bool:

@@ -14,6 +14,7 @@ import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,17 +26,18 @@ from sqlmodel import col
 
 from bot.app import HEALTH_TIMEOUT
 from bot.dispatcher import ANSWER_DEADLINE
-from storage.models import InboundPush, Invite, Member
+from storage.models import Connection, InboundPush, Invite, Member, OutboxMessage
 from tests.botkit import RunningBot, make_config, running_bot, say
 from tests.conftest import _BACKENDS, PG_URL
 from tests.fakes.tcp_proxy import TcpProxy
 from tests.fakes.wechat_server import Answer, FakeWeChatServer, text_xml
-from tests.faultkit import via_port
+from tests.faultkit import start_serve, via_port
 
 # The dispatcher answers by ANSWER_DEADLINE from reading the push; this covers the HTTP
 # round trip on a loaded machine, and stays under WeChat's own 5 s.
 HTTP_SLACK = 0.4
 APOLOGY_ZH = "出了点问题"
+APOLOGY_EN = "something went wrong"
 
 postgres_only = pytest.mark.skipif("postgresql" not in _BACKENDS,
                                    reason="PostgreSQL is not among YINJIAN_TEST_DATABASES")
@@ -253,3 +255,71 @@ async def test_c_partition_every_push_answered_in_time_and_handled_once_after_he
     assert not [r for r in caplog.records if r.exc_info], "a traceback for an outage"
     print(f"\npartition: slowest push answer {worst:.2f} s, /healthz {health_took:.2f} s, "
           f"handling again {recovered:.2f} s after healing ({probe} probe(s))")
+
+
+# --- D: two workers, one PostgreSQL, two members joining each other's invites at once ---------
+
+TOKEN_D = "twoworkerstoken"
+PAIRS = 8
+
+
+async def _invite_code(fake: FakeWeChatServer, openid: str) -> str:
+    answer = await fake.push(text_xml(openid, "invite", fake.next_msg_id()))
+    found = re.search(r"join ([A-Z2-9]{6,10})", answer.content or "")
+    assert found, answer
+    return found.group(1)
+
+
+@postgres_only
+@on_postgres
+async def test_d_two_workers_cross_joins_connect_each_pair_once(
+    db_url: str, tmp_path: Path
+) -> None:
+    workers = [start_serve(tmp_path, f"worker{n}", db_url=db_url, token=TOKEN_D) for n in (1, 2)]
+    logs: list[str] = []
+    try:
+        await asyncio.gather(*(w.wait_healthy() for w in workers))
+        fakes = [FakeWeChatServer(url=f"{w.base_url}/wechat", token=TOKEN_D) for w in workers]
+        pairs = [(f"o_left_{n}", f"o_right_{n}") for n in range(PAIRS)]
+        codes = {}
+        for left, right in pairs:
+            codes[left] = await _invite_code(fakes[0], left)
+            codes[right] = await _invite_code(fakes[1], right)
+        # Every left member joins their right member's code on worker 1 while the right member
+        # joins the left one's on worker 2, all at the same instant.
+        jobs = []
+        for left, right in pairs:
+            jobs.append(timed_push(fakes[0], text_xml(left, f"join {codes[right]}",
+                                                      fakes[0].next_msg_id())))
+            jobs.append(timed_push(fakes[1], text_xml(right, f"join {codes[left]}",
+                                                      fakes[1].next_msg_id())))
+        timed = await asyncio.gather(*jobs)
+        answers = [answer for answer, _ in timed]
+        engine = sa.create_engine(make_url(db_url).set(drivername="postgresql+psycopg"))
+        try:
+            with engine.connect() as conn:
+                told = [(openid, payload) for payload, openid in conn.execute(
+                    sa.select(col(OutboxMessage.payload), col(Member.openid))
+                    .join(Member, col(Member.id) == col(OutboxMessage.member_id))).all()]
+                links = conn.execute(sa.select(sa.func.count()).select_from(Connection)).scalar_one()
+        finally:
+            engine.dispose()
+    finally:
+        logs = [await w.stop() for w in workers]
+    for n, (left, right) in enumerate(pairs):
+        mine = [answers[2 * n], answers[2 * n + 1]]
+        assert all(a.status == 200 and a.content for a in mine), mine
+        texts = [a.content or "" for a in mine]
+        assert not any(APOLOGY_EN in t for t in texts), texts  # no deadlock reaches a member
+        done = [t.startswith("You are now connected") for t in texts]
+        already = [t.startswith("You are already connected") for t in texts]
+        assert sorted(done) == [False, True] and sorted(already) == [False, True], texts
+        inviter = right if done[0] else left  # whose code was used by the join that connected
+        used = [o for o, p in told if "used your invite" in p and o in (left, right)]
+        assert used == [inviter], (texts, used)
+    assert links == 2 * PAIRS
+    for log in logs:
+        assert "Traceback" not in log and "handler failed" not in log, log
+    reruns = sum(log.count("running it again") for log in logs)
+    print(f"\ntwo workers: {PAIRS} pairs joined crosswise at once, {reruns} transaction(s) "
+          f"run again after a deadlock, slowest answer {max(t for _, t in timed):.2f} s")
