@@ -9,13 +9,22 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+from sqlmodel import col
 
-from tests.fakes.fake_api import APP_ID, APP_SECRET, FakeWeChatAPI
+from handlers.replies import TextReply, as_plain_text, reply_from_json
+from storage import members, outbox
+from storage.db import Database
+from storage.models import OutboxMessage, OutboxStatus
+from tests.fakes.fake_api import APP_ID, APP_SECRET, CUSTOM_SEND_PATH, FakeWeChatAPI
 
 YINJIAN = str(Path(sys.executable).with_name("yinjian"))
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,3 +108,93 @@ def start_serve(tmp_path: Path, name: str, *, db_url: str, token: str,
         proc = subprocess.Popen([YINJIAN, "serve", "--config", str(config)], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=err)
     return ServeProcess(proc=proc, port=port, log_path=log_path)
+
+
+# --- kill -9 in the middle of sending ------------------------------------------------------------
+
+@dataclass
+class KillFigures:
+    """What a kill -9 mid-send cost: counted by each message's unique text."""
+
+    messages: int
+    delivered_before_kill: int
+    leased_at_kill: int  # rows the killed sender had claimed and not finished
+    in_flight_at_kill: int  # of those, the ones whose HTTP call it had already made
+    lost: int
+    duplicated: int
+    resume_seconds: float  # from the restart until every row was sent
+    first_send_seconds: float  # from the restart until the first message went out
+    duplicates: set[str] = field(default_factory=set)
+    in_flight: set[str] = field(default_factory=set)
+
+
+def fill_outbox(db: Database, *, messages: int, prefix: str) -> list[str]:
+    """One message each for `messages` members who wrote just now (their window is open)."""
+    now = datetime.now(UTC)
+    texts = [f"{prefix} {n:04d}" for n in range(messages)]
+    with db.session() as s:
+        for n, body in enumerate(texts):
+            member = members.touch(s, platform="oa", openid=f"o_kill_{n:04d}", now=now,
+                                   user_message=True, event=False)
+            outbox.enqueue(s, member_id=member.id, reply=TextReply(body), now=now)
+    return texts
+
+
+def _outbox_rows(session: Session) -> list[tuple[str, str]]:
+    return [(status, payload) for status, payload in session.execute(
+        sa.select(col(OutboxMessage.status), col(OutboxMessage.payload))).all()]
+
+
+async def kill_mid_send(tmp_path: Path, db_url: str, api: FakeWeChatAPI, *, messages: int = 300,
+                        kill_after: int = 110, timeout: float = 90,
+                        graceful: bool = False) -> KillFigures:
+    """Fill the outbox, start a worker, SIGKILL it mid-send, restart it, count what arrived.
+
+    With `graceful`, the worker is stopped with SIGINT instead (the baseline: it finishes the
+    rows it holds before it exits).
+    """
+    db = Database(db_url)
+    await db.upgrade()
+    texts = fill_outbox(db, messages=messages, prefix="kill-test message")
+    worker = start_serve(tmp_path, "first", db_url=db_url, token="killtesttoken", api=api)
+    try:
+        # Right after the call that makes kill_after: it, and the others of its batch, wait for
+        # the (slowed) fake's answer when the worker dies.
+        await api.wait_until(lambda: len(api.calls_to(CUSTOM_SEND_PATH)) >= kill_after,
+                             timeout=timeout)
+        if graceful:
+            await worker.stop()
+        else:
+            worker.kill()
+    finally:
+        if worker.proc.poll() is None:
+            worker.kill()
+    delivered_before = len(api.delivered())
+    leased = {as_plain_text(reply_from_json(p)) for status, p in await db.run(_outbox_rows)
+              if status == OutboxStatus.SENDING}
+    started = time.monotonic()
+    again = start_serve(tmp_path, "again", db_url=db_url, token="killtesttoken", api=api)
+    try:
+        while time.monotonic() - started < timeout:
+            if all(status == OutboxStatus.SENT for status, _ in await db.run(_outbox_rows)):
+                break
+            await asyncio.sleep(0.25)
+        resume = time.monotonic() - started
+        await api.wait_until(lambda: not api.in_flight(), timeout=10)
+    finally:
+        log = await again.stop()
+        await db.dispose()
+    # Calls that arrived before the restart were made by the killed worker, some of them
+    # (still in the kernel's buffers) reaching the fake only after it died.
+    sends = api.calls_to(CUSTOM_SEND_PATH)
+    called = {c.body["text"]["content"] for c in sends if c.at < started}
+    first_after = min((c.at for c in sends if c.at >= started), default=started + timeout)
+    assert "Traceback" not in log, log
+    counts = Counter(b["text"]["content"] for b in api.delivered())
+    duplicates = {t for t, n in counts.items() if n > 1}
+    return KillFigures(
+        messages=messages, delivered_before_kill=delivered_before, leased_at_kill=len(leased),
+        in_flight_at_kill=len(leased & called), lost=sum(1 for t in texts if t not in counts),
+        duplicated=sum(n - 1 for n in counts.values()), resume_seconds=resume,
+        first_send_seconds=first_after - started, duplicates=duplicates, in_flight=leased & called,
+    )
