@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -13,10 +14,11 @@ from typing import Callable, Optional
 
 import sqlalchemy as sa
 from aiohttp import web
+from sqlalchemy.orm import Session
 
 from scheduler.clock import Clock, SystemClock
 from bot.config import Config
-from bot.dispatcher import ANSWER_DEADLINE, PASSIVE_CUTOFF, Dispatcher
+from bot.dispatcher import ANSWER_DEADLINE, PASSIVE_CUTOFF, Dispatcher, PushNotStored
 from bot.outbox import OutboxSender
 from bot.platforms.official_account.api import WeChatAPI
 from bot.platforms.inbound import PushRejected
@@ -27,7 +29,7 @@ from handlers.replies import Reply
 from scheduler.jobs import JobDeps
 from scheduler.runner import JobScheduler
 from storage import exports, push_nonces, pushes
-from storage.db import Database
+from storage.db import Database, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ NONCE_PRUNE_EVERY = timedelta(minutes=1)  # between opportunistic prunes of old 
 REPLY_SWEEP_EVERY = 15.0
 # A push body is a few KiB: one still arriving after this is a slow or stalled client (408).
 READ_TIMEOUT = 10.0
+# /healthz answers within this even when the database hangs (a load balancer's probe is short).
+HEALTH_TIMEOUT = 2.0
 
 
 @dataclass
@@ -203,7 +207,17 @@ async def _receive_push(request: web.Request) -> web.Response:
         log.warning("refused push from %s: its timestamp and nonce came before with another body "
                     "(a replayed signature)", _remote(request))
         return web.Response(status=403, text="signature already used")
-    reply = await services.dispatcher.answer(push.event)
+    try:
+        reply = await services.dispatcher.answer(push.event)
+    except PushNotStored:
+        # Nothing of the push is stored, so it must not be answered `success`, which tells
+        # WeChat it was handled and is never retried. A non-200 answer is a failed delivery:
+        # WeCom retries it (WECHAT.md §8.1) and the Official Account retries what it could not
+        # deliver (§2). We answer at once rather than hang to WeChat's 5 s timeout, so that a
+        # worker without its database does not hold connections; our deduplication has no
+        # claim for the push, so the retry, here or at another worker, is handled as new.
+        return web.Response(status=503, text="database unavailable, retry later",
+                            headers={"Retry-After": "5"})
     answer = services.pushes.render(push, reply)
     return web.Response(text=answer, content_type="text/plain" if answer == "success" else "application/xml")
 
@@ -239,11 +253,21 @@ async def _export(request: web.Request) -> web.Response:
     )
 
 
+def _ping(session: Session, *, give_up_at: float) -> None:
+    """SELECT 1, unless the check that asked for it has already answered (it waited in line)."""
+    if time.monotonic() < give_up_at:
+        session.execute(sa.text("SELECT 1"))
+
+
 async def _healthz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     try:
-        await services.db.run(lambda session: session.execute(sa.text("SELECT 1")))
+        async with asyncio.timeout(HEALTH_TIMEOUT):
+            await services.db.run_interactive(_ping, give_up_at=time.monotonic() + HEALTH_TIMEOUT)
+    except TimeoutError:
+        log.warning("health check failed: no answer from the database within %.1f s", HEALTH_TIMEOUT)
+        return web.json_response({"status": "unavailable", "database": "down"}, status=503)
     except Exception as exc:  # noqa: BLE001 - any database failure means "not healthy"
-        log.warning("health check failed: %s", type(exc).__name__)
+        log.warning("health check failed: %s", describe_error(exc))
         return web.json_response({"status": "unavailable", "database": "down"}, status=503)
     return web.json_response({"status": "ok", "database": "up"})

@@ -1,8 +1,9 @@
 """The outbox sender: the only way a proactive message leaves, at most once after it is sent.
 
 Rows are leased in one short transaction, sent with no transaction open, and finished in
-another; a sender that dies mid-send only delays its rows until their lease runs out. Every
-transaction runs on the database's own threads (`Database.run`), never on the event loop.
+another; a sender that dies mid-send only delays its rows until their lease runs out, which is
+short because a live sender renews it. Every transaction runs on the database's own threads
+(`Database.run`), never on the event loop.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import json
 import logging
 import random
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from scheduler.clock import Clock, SystemClock
@@ -25,7 +26,7 @@ from bot.platforms.official_account.api import QR_MAX_EXPIRE_SECONDS, WeChatAPI
 from handlers.replies import ChoicesReply, Reply, TextReply, as_plain_text, reply_from_json
 from handlers.texts import DEFAULT_LANG, text
 from storage import budget, outbox
-from storage.db import Database
+from storage.db import Database, describe_error, transient
 from storage.models import MemberStatus, OutboxStatus
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,13 @@ class Outcome:
 MAX_MERGED_BYTES = 1800
 # How often the sender looks for members outside their window who should get a template notice.
 NOTICE_CHECK_INTERVAL = timedelta(minutes=5)
+# Claimed rows are leased for LEASE, renewed every RENEW_EVERY while their sender still works
+# on them. A sender killed mid-send keeps its rows from the others for at most LEASE (then a
+# restarted or another worker sends them); a live sender that is slow (the API's timeouts and
+# retries of one member's rows can take longer than a lease) renews and keeps them, so no
+# other sender sends them too. Three renewals can fail before a lease lapses.
+LEASE = timedelta(seconds=20)
+RENEW_EVERY = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,24 @@ class _QRInvite:
 
 
 _Message = Reply | _Template | _QRInvite
+
+
+class _Leases:
+    """The rows one sending pass holds, and how far its lease on them reaches."""
+
+    def __init__(self, ids: Iterable[int], until: datetime) -> None:
+        self.held = set(ids)
+        self.until = until  # every held row's lease lasts at least this long
+        self.highest = until  # and none carries a later one: the fence of every write
+        self.lost: set[int] = set()
+
+    def usable(self, row_id: int, now: datetime) -> bool:
+        """True while the row is surely still this pass's to send."""
+        return row_id not in self.lost and now < self.until
+
+    def done(self, ids: Iterable[int]) -> None:
+        """These rows are finished (sent, held, retried later): nothing to renew."""
+        self.held.difference_update(ids)
 
 
 def _decode(row: outbox.ClaimedMessage) -> _Message:
@@ -192,7 +218,8 @@ class OutboxSender:
         api: WeChatAPI | None,
         clock: Clock | None = None,
         batch_size: int = 20,
-        lease: timedelta = timedelta(minutes=5),
+        lease: timedelta = LEASE,
+        renew_every: timedelta = RENEW_EVERY,
         max_attempts: int = 8,
         backoff_base: timedelta = timedelta(seconds=30),
         backoff_cap: timedelta = timedelta(hours=1),
@@ -205,6 +232,7 @@ class OutboxSender:
         self._clock: Clock = clock or SystemClock()
         self._batch_size = batch_size
         self._lease = lease
+        self._renew_every = renew_every
         self._max_attempts = max_attempts
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
@@ -232,6 +260,23 @@ class OutboxSender:
             outbox.claim_due, now=now, lease_until=now + self._lease, limit=self._batch_size,
             exclude_platforms=(TERMINAL_PLATFORM,),
         )
+        if not claimed:
+            await self._queue_notices(now, [])
+            return 0
+        leases = _Leases((row.id for row in claimed), now + self._lease)
+        keeper = asyncio.create_task(self._keep(leases))
+        try:
+            closed = await self._send_claimed(claimed, leases, now)
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+        await self._queue_notices(now, closed)
+        return len(claimed)
+
+    async def _send_claimed(
+        self, claimed: list[outbox.ClaimedMessage], leases: _Leases, now: datetime
+    ) -> list[int]:
+        """Send what one pass claimed; the members whose window turned out closed."""
         by_member: dict[int, list[outbox.ClaimedMessage]] = defaultdict(list)
         for row in claimed:
             by_member[row.member_id].append(row)
@@ -240,7 +285,7 @@ class OutboxSender:
             budgets = await self._db.run(budget.budgets, member_ids=list(by_member))
         # Members in parallel; each member's rows in priority order, so they arrive in that order.
         results = await asyncio.gather(
-            *(self._send_member(rows, budgets.get(member_id), now)
+            *(self._send_member(rows, budgets.get(member_id), now, leases)
               for member_id, rows in by_member.items()),
             return_exceptions=True)
         closed: list[int] = []
@@ -250,8 +295,45 @@ class OutboxSender:
                 log.error("outbox: sending failed unexpectedly", exc_info=result)
             elif result:
                 closed.append(member_id)
-        await self._queue_notices(now, closed)
-        return len(claimed)
+        return closed
+
+    async def _keep(self, leases: _Leases) -> None:
+        """Renew the pass's lease until it is over (the pass cancels this)."""
+        while leases.held:
+            await asyncio.sleep(self._renew_every.total_seconds())
+            await self._renew(leases)
+
+    async def _renew(self, leases: _Leases) -> None:
+        """Extend the lease on the rows still held, or give up the ones another sender took."""
+        now = self._clock.now()
+        if not leases.held:
+            return
+        if now >= leases.until:
+            # The lease ran out (renewals failed): another sender may have the rows by now,
+            # so they are not sent from here, and the lease is not extended (see claim_due).
+            log.warning("outbox: lease on %d row(s) ran out before it could be renewed; "
+                        "leaving them to the next sender", len(leases.held))
+            leases.lost |= leases.held
+            leases.held.clear()
+            return
+        asking, fence, until = set(leases.held), leases.highest, now + self._lease
+        leases.highest = max(leases.highest, until)  # rows may carry it as soon as we ask
+        try:
+            kept = set(await self._db.run(outbox.renew_leases, outbox_ids=sorted(asking),
+                                          lease=fence, until=until))
+        except Exception as exc:
+            if not transient(exc):
+                log.exception("outbox: renewing the lease failed")
+            else:
+                log.warning("outbox: could not renew the lease (%s); trying again shortly",
+                            describe_error(exc))
+            return
+        gone = (asking - kept) & leases.held  # not finished by us meanwhile: taken over
+        if gone:
+            log.warning("outbox: %d row(s) were taken over by another sender", len(gone))
+            leases.lost |= gone
+            leases.held -= gone
+        leases.until = until
 
     async def run(self, stop: asyncio.Event) -> None:
         """Send due rows until `stop` is set, polling and waking on `wake()`."""
@@ -262,10 +344,12 @@ class OutboxSender:
             processed = 0
             try:
                 processed = await self.send_due()
-            except SQLAlchemyError as exc:
-                log.error("outbox: database unavailable (%s); trying again shortly", type(exc).__name__)
-            except Exception:  # a bug must not stop every later message; the traceback is logged
-                log.exception("outbox: sending pass failed")
+            except Exception as exc:  # a bug must not stop every later message
+                if transient(exc):
+                    log.error("outbox: database unavailable (%s); trying again shortly",
+                              describe_error(exc))
+                else:
+                    log.exception("outbox: sending pass failed")
             if processed < self._batch_size:
                 await self._idle(stop)
 
@@ -281,17 +365,18 @@ class OutboxSender:
             await asyncio.gather(*waiters, return_exceptions=True)
 
     async def _send_member(
-        self, rows: list[outbox.ClaimedMessage], allowed: budget.Budget | None, now: datetime
+        self, rows: list[outbox.ClaimedMessage], allowed: budget.Budget | None, now: datetime,
+        leases: _Leases,
     ) -> bool:
         """Send one member's rows by priority within their budget; merge or hold what is over.
 
         True when rows were held because the member's window is closed (a notice may be due).
         """
         if self._api is None or allowed is None or rows[0].member_status == MemberStatus.DEACTIVATED:
-            await self._send_each(rows)
+            await self._send_each(rows, leases)
             return False
         # Template messages are not bound to the window or its budget.
-        await self._send_each([r for r in rows if r.kind == outbox.KIND_TEMPLATE])
+        await self._send_each([r for r in rows if r.kind == outbox.KIND_TEMPLATE], leases)
         decoded: list[tuple[outbox.ClaimedMessage, _Message]] = []
         for row in rows:
             if row.kind == outbox.KIND_TEMPLATE:
@@ -299,7 +384,7 @@ class OutboxSender:
             try:
                 decoded.append((row, _decode(row)))
             except (ValueError, KeyError, TypeError):
-                await self._finish(row, Outcome.FAILED, OutboxStatus.FAILED,
+                await self._finish(row, Outcome.FAILED, OutboxStatus.FAILED, leases,
                                    errmsg="unreadable payload")
         if not decoded:
             return False
@@ -314,9 +399,9 @@ class OutboxSender:
                 held += [row.id for row, _ in group]
                 continue
             if len(group) == 1:
-                hold_errcode = await self._send_decoded(*group[0])
+                hold_errcode = await self._send_decoded(*group[0], leases)
             else:
-                hold_errcode = await self._send_merged(group, lang)
+                hold_errcode = await self._send_merged(group, lang, leases)
             if hold_errcode is not None:
                 closed_errcode = hold_errcode
         if held:
@@ -324,7 +409,9 @@ class OutboxSender:
                      len(held), rows[0].member_id)
             await self._db.run(outbox.hold_unless_written, outbox_ids=held,
                                member_id=rows[0].member_id,
-                               seen_message_at=allowed.last_message_at, errcode=closed_errcode)
+                               seen_message_at=allowed.last_message_at, errcode=closed_errcode,
+                               lease=leases.highest)
+            leases.done(held)
         window_closed = not allowed.window_open(now) or closed_errcode == budget.ERRCODE_WINDOW_CLOSED
         return bool(held) and window_closed
 
@@ -362,35 +449,41 @@ class OutboxSender:
         return groups[:allowance], over
 
     async def _send_merged(
-        self, group: list[tuple[outbox.ClaimedMessage, _Message]], lang: str
+        self, group: list[tuple[outbox.ClaimedMessage, _Message]], lang: str, leases: _Leases
     ) -> int | None:
         """Send several rows as one message; all are recorded together. Errcode when held."""
         assert self._api is not None
         carrier = group[0][0]
+        if not all(leases.usable(row.id, self._clock.now()) for row, _ in group):
+            log.info("outbox %s: lease lost before sending; left to the next sender", carrier.id)
+            return None
         merged = merge_replies([(row.priority, message) for row, message in group
                                 if isinstance(message, (TextReply, ChoicesReply))], lang)
         try:
             await self._api.send_reply(carrier.openid, merged)
         except PlatformAPIError as exc:
-            hold_errcode = await self._failed(carrier, exc)
+            hold_errcode = await self._failed(carrier, exc, leases)
             others = [row for row, _ in group[1:]]
             if hold_errcode is not None:
                 await self._db.run(outbox.hold_claimed, outbox_ids=[r.id for r in others],
-                                   errcode=hold_errcode)
+                                   errcode=hold_errcode, lease=leases.highest)
+                leases.done(r.id for r in others)
             elif exc.kind in (ErrorKind.RETRY, ErrorKind.TOKEN):
                 for row in others:
-                    await self._retry_later(row, exc)
+                    await self._retry_later(row, exc, leases)
             else:
                 for row in others:
-                    await self._failed(row, exc)
+                    await self._failed(row, exc, leases)
             return hold_errcode
         log.info("outbox %s sent to member %s with %d merged into it",
                  carrier.id, carrier.member_id, len(group) - 1)
         await self._db.run(outbox.finish_merged, carrier_id=carrier.id,
-                           merged_ids=[row.id for row, _ in group[1:]], now=self._clock.now())
+                           merged_ids=[row.id for row, _ in group[1:]], now=self._clock.now(),
+                           lease=leases.highest)
+        leases.done(row.id for row, _ in group)
         return None
 
-    async def _send_each(self, rows: list[outbox.ClaimedMessage]) -> None:
+    async def _send_each(self, rows: list[outbox.ClaimedMessage], leases: _Leases) -> None:
         """Send rows one by one; once the member's window is known closed, hold the rest."""
         closed_errcode: int | None = None
         held: list[int] = []
@@ -400,11 +493,13 @@ class OutboxSender:
             if closed_errcode is not None and row.kind != outbox.KIND_TEMPLATE:
                 held.append(row.id)
                 continue
-            hold_errcode = await self._send_row(row)
+            hold_errcode = await self._send_row(row, leases)
             if hold_errcode is not None:
                 closed_errcode = hold_errcode
         if held:
-            await self._db.run(outbox.hold_claimed, outbox_ids=held, errcode=closed_errcode)
+            await self._db.run(outbox.hold_claimed, outbox_ids=held, errcode=closed_errcode,
+                               lease=leases.highest)
+            leases.done(held)
 
     async def _queue_notices(self, now: datetime, closed: list[int]) -> None:
         """Queue today's template notice for members outside their window with held messages.
@@ -438,35 +533,42 @@ class OutboxSender:
                 queued += 1
         return queued
 
-    async def _send_row(self, row: outbox.ClaimedMessage) -> int | None:
+    async def _send_row(self, row: outbox.ClaimedMessage, leases: _Leases) -> int | None:
         """Try one row and record the attempt; the errcode when the row was held, else None."""
         if row.member_status == MemberStatus.DEACTIVATED:
             # An unsubscribed member receives nothing, at once (PRODUCT.md).
-            await self._finish(row, Outcome.UNDELIVERABLE, OutboxStatus.UNDELIVERABLE,
+            await self._finish(row, Outcome.UNDELIVERABLE, OutboxStatus.UNDELIVERABLE, leases,
                                errmsg="member deactivated")
             return None
         try:
             message = _decode(row)
         except (ValueError, KeyError, TypeError):
-            await self._finish(row, Outcome.FAILED, OutboxStatus.FAILED, errmsg="unreadable payload")
+            await self._finish(row, Outcome.FAILED, OutboxStatus.FAILED, leases,
+                               errmsg="unreadable payload")
             return None
-        return await self._send_decoded(row, message)
+        return await self._send_decoded(row, message, leases)
 
-    async def _send_decoded(self, row: outbox.ClaimedMessage, message: _Message) -> int | None:
+    async def _send_decoded(
+        self, row: outbox.ClaimedMessage, message: _Message, leases: _Leases
+    ) -> int | None:
         """Send one decoded row and record the attempt; the errcode when held, else None."""
+        if not leases.usable(row.id, self._clock.now()):
+            # Its lease ran out or another sender took it: sending now could send it twice.
+            log.info("outbox %s: lease lost before sending; left to the next sender", row.id)
+            return None
         if self._api is None:
             log.info("outbox %s for member %s: no WeChat API configured, logged instead of sent",
                      row.id, row.member_id)
             # Member text is private: only at DEBUG.
             log.debug("outbox %s text: %s", row.id, _describe(message))
-            await self._finish(row, Outcome.LOGGED, OutboxStatus.SENT)
+            await self._finish(row, Outcome.LOGGED, OutboxStatus.SENT, leases)
             return None
         try:
             await self._deliver(self._api, row, message)
         except PlatformAPIError as exc:
-            return await self._failed(row, exc)
+            return await self._failed(row, exc, leases)
         log.info("outbox %s sent to member %s", row.id, row.member_id)
-        await self._finish(row, Outcome.SENT, OutboxStatus.SENT, errcode=0)
+        await self._finish(row, Outcome.SENT, OutboxStatus.SENT, leases, errcode=0)
         return None
 
     async def _deliver(self, api: WeChatAPI, row: outbox.ClaimedMessage, message: _Message) -> None:
@@ -485,28 +587,35 @@ class OutboxSender:
         else:
             await api.send_reply(row.openid, message)
 
-    async def _failed(self, row: outbox.ClaimedMessage, exc: PlatformAPIError) -> int | None:
+    async def _failed(
+        self, row: outbox.ClaimedMessage, exc: PlatformAPIError, leases: _Leases
+    ) -> int | None:
         """Record a failed attempt and decide what becomes of the row."""
         kind = exc.kind
         log.warning("outbox %s to member %s: %s (%s)", row.id, row.member_id, exc, kind.value)
         if kind in (ErrorKind.RETRY, ErrorKind.TOKEN):
             # TOKEN here means a refused token even after the client's one refresh and retry:
             # not the member's fault, so the message waits like any transient failure.
-            await self._retry_later(row, exc)
+            await self._retry_later(row, exc, leases)
             return None
         outcome, status = {
             ErrorKind.HOLD: (Outcome.HELD, OutboxStatus.HELD),
             ErrorKind.UNDELIVERABLE: (Outcome.UNDELIVERABLE, OutboxStatus.UNDELIVERABLE),
         }.get(kind, (Outcome.FAILED, OutboxStatus.FAILED))
-        await self._finish(row, outcome, status, errcode=exc.errcode, errmsg=exc.errmsg)
+        await self._finish(row, outcome, status, leases, errcode=exc.errcode, errmsg=exc.errmsg)
         return exc.errcode if kind is ErrorKind.HOLD else None
 
-    async def _retry_later(self, row: outbox.ClaimedMessage, exc: PlatformAPIError) -> None:
+    async def _retry_later(
+        self, row: outbox.ClaimedMessage, exc: PlatformAPIError, leases: _Leases
+    ) -> None:
         """Back off, or give up once the row has failed transiently max_attempts times."""
-        await self._db.run(self._record_retry, row=row, exc=exc, now=self._clock.now())
+        await self._db.run(self._record_retry, row=row, exc=exc, now=self._clock.now(),
+                           lease=leases.highest)
+        leases.done([row.id])
 
     def _record_retry(
-        self, session: Session, *, row: outbox.ClaimedMessage, exc: PlatformAPIError, now: datetime
+        self, session: Session, *, row: outbox.ClaimedMessage, exc: PlatformAPIError, now: datetime,
+        lease: datetime,
     ) -> None:
         """Count the earlier transient failures and record this one, in one transaction."""
         failures = 1 + outbox.count_attempts(session, outbox_id=row.id, outcome=Outcome.RETRY)
@@ -517,12 +626,15 @@ class OutboxSender:
         else:
             outcome, status, due = Outcome.RETRY, OutboxStatus.PENDING, now + self.backoff(failures)
         outbox.finish_attempt(session, outbox_id=row.id, now=now, outcome=outcome, status=status,
-                              errcode=exc.errcode, errmsg=exc.errmsg, next_attempt_at=due)
+                              errcode=exc.errcode, errmsg=exc.errmsg, next_attempt_at=due,
+                              lease=lease)
 
     async def _finish(
-        self, row: outbox.ClaimedMessage, outcome: str, status: str, *,
+        self, row: outbox.ClaimedMessage, outcome: str, status: str, leases: _Leases, *,
         errcode: int | None = None, errmsg: str = "",
     ) -> None:
         """Record the attempt and the row's new status in one transaction."""
         await self._db.run(outbox.finish_attempt, outbox_id=row.id, now=self._clock.now(),
-                           outcome=outcome, status=status, errcode=errcode, errmsg=errmsg)
+                           outcome=outcome, status=status, errcode=errcode, errmsg=errmsg,
+                           lease=leases.highest)
+        leases.done([row.id])

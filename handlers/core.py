@@ -47,18 +47,14 @@ def handle(ctx: Context) -> Reply:
             return connections.join_with_code(ctx, event.scene, source="qr")
         return basics.welcome(ctx, returning=False)
     if event.kind is EventKind.CLICK:
-        # A tap says nothing about the member's language: menus and cards are ours.
-        return route_text(ctx, event.key, typed=False)
+        return route_text(ctx, event.key)
     if event.kind is EventKind.TEXT:
         return route_text(ctx, event.text)
     return TextReply(ctx.t("not_text"))
 
 
-def route_text(ctx: Context, text: str, *, typed: bool = True) -> Reply:
-    """An open dialog takes the text first; otherwise route it to its command.
-
-    Only what a member `typed` decides their language (the first command's).
-    """
+def route_text(ctx: Context, text: str) -> Reply:
+    """An open dialog takes the text first; otherwise route it to its command."""
     state = dialogs.get(ctx.session, member_id=ctx.member.id or 0)
     notice = ""
     if state is not None:
@@ -70,7 +66,7 @@ def route_text(ctx: Context, text: str, *, typed: bool = True) -> Reply:
     if match is None:
         reply = basics.unknown(ctx)
     else:
-        if ctx.member.lang is None and typed and match.command.sets_language:
+        if ctx.member.lang is None and match.command.sets_language:
             # The member's first command decides their language until they say `lang`.
             members.set_lang(ctx.session, member=ctx.member, lang=match.lang, explicit=False)
         reply = match.command.handler(ctx, match.args)

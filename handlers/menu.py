@@ -2,7 +2,8 @@
 
 A tap on a button arrives as a click whose key is the command (WECHAT.md §3 CLICK, §8.2
 click), and runs it as if typed. `yinjian menu push` lays the list out for each platform.
-Menus are account-wide, not per member, so the labels are Chinese, the members' default.
+Menus are account-wide, not per member, so the labels are Chinese, the members' default, and
+so are the commands: a member's first command decides their language, a first tap included.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ class MenuButton:
 
 
 MENU: tuple[MenuButton, ...] = (
-    MenuButton("我的名片", "card"),
-    MenuButton("找人", "find"),
-    MenuButton("待处理", "requests"),
-    MenuButton("邀请", "invite"),
-    MenuButton("帮助", "help"),
+    MenuButton("我的名片", "名片"),
+    MenuButton("找人", "找"),
+    MenuButton("待处理", "待处理"),
+    MenuButton("邀请", "邀请"),
+    MenuButton("帮助", "帮助"),
 )
 # Both platforms allow 3 buttons at the top and 5 under each (WECHAT.md §3; WeCom's menu doc).
 TOP_BUTTONS = 3

@@ -12,12 +12,13 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from storage.models import Invite
+from storage.models import Invite, Member
 from storage.sql import insert_ignore
 
 ALPHABET = string.ascii_uppercase + "23456789"
 CODE_LENGTH = 8
 _invite = Invite.__table__  # type: ignore[attr-defined]
+_member = Member.__table__  # type: ignore[attr-defined]
 
 
 def new_code() -> str:
@@ -44,11 +45,23 @@ def create(session: Session, *, inviter_id: int, now: datetime, ttl: timedelta,
 
 
 def get_for_update(session: Session, *, code: str) -> Optional[Invite]:
-    """The invite with this code, locked for this transaction on PostgreSQL."""
+    """The invite with this code, locked for this transaction on PostgreSQL.
+
+    The inviter's member row is share-locked too. Two members joining each other's codes at
+    the same instant (on two workers) each hold their own member row from the start of their
+    push, so without this both would find "not connected yet", both connect and both tell the
+    other. With it, the second join waits for the first to commit, or the two deadlock and
+    the dispatcher runs the loser again: either way it then finds them connected.
+    """
     stmt = sa.select(Invite).where(col(Invite.code) == code)
-    if session.get_bind().dialect.name == "postgresql":
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if postgres:
         stmt = stmt.with_for_update()
-    return (session.execute(stmt)).scalar_one_or_none()
+    invite = (session.execute(stmt)).scalar_one_or_none()
+    if invite is not None and postgres:
+        session.execute(sa.select(_member.c.id).where(_member.c.id == invite.inviter_id)
+                        .with_for_update(read=True))
+    return invite
 
 
 def use(session: Session, *, invite: Invite) -> None:

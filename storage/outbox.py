@@ -240,6 +240,11 @@ def claim_due(
     A row whose lease ran out belongs to a sender that died mid-send, so it is due again. On
     PostgreSQL SKIP LOCKED lets concurrent senders take disjoint rows; on SQLite the
     transaction's write lock (BEGIN IMMEDIATE) serialises claims.
+
+    The lease is also the sender's fence. A row is taken over only once its lease_until has
+    passed, and the new lease is then longer than any value the old sender can have written
+    (see renew_leases), so "lease_until at most the highest lease I gave it" is true of a row
+    exactly while it is still this sender's: every later write by the sender checks that.
     """
     due = sa.or_(
         sa.and_(_outbox.c.status == OutboxStatus.PENDING, _outbox.c.next_attempt_at <= now),
@@ -269,6 +274,35 @@ def claim_due(
                            kind=r.kind, payload=r.payload, priority=r.priority) for r in rows]
 
 
+def renew_leases(
+    session: Session, *, outbox_ids: Collection[int], lease: datetime, until: datetime
+) -> list[int]:
+    """Extend this sender's lease on rows it is still sending to `until`; the ids it still holds.
+
+    `lease` is the highest lease_until the sender has given these rows. The caller renews
+    only while its current lease has not run out (now < lease_until), so `until` stays below
+    now + lease length, which is below any lease another sender takes over with.
+    """
+    if not outbox_ids:
+        return []
+    result = session.execute(
+        sa.update(_outbox)
+        .where(_outbox.c.id.in_(list(outbox_ids)), _outbox.c.status == OutboxStatus.SENDING,
+               _outbox.c.lease_until <= lease)
+        .values(lease_until=until)
+        .returning(_outbox.c.id)
+    )
+    return [row[0] for row in result.all()]
+
+
+def _still_ours(lease: datetime | None) -> list[Any]:
+    """WHERE terms for a row this sender is still sending (see claim_due)."""
+    terms: list[Any] = [_outbox.c.status == OutboxStatus.SENDING]
+    if lease is not None:
+        terms.append(_outbox.c.lease_until <= lease)
+    return terms
+
+
 def count_attempts(session: Session, *, outbox_id: int, outcome: str) -> int:
     """How many recorded attempts at this row ended with `outcome`."""
     stmt = sa.select(sa.func.count()).where(
@@ -287,11 +321,14 @@ def finish_attempt(
     errcode: int | None = None,
     errmsg: str = "",
     next_attempt_at: datetime | None = None,
+    lease: datetime | None = None,
 ) -> None:
     """Record one attempt and move the row to `status`, giving up the sender's lease.
 
-    Only a row still being sent moves: a sender whose lease ran out must not undo what the
-    sender that took the row over has written (above all, never turn `sent` back into `pending`).
+    Only a row still being sent moves, and with `lease` (the highest lease_until this sender
+    gave it) only while it is still this sender's: a sender whose lease ran out must not undo
+    what the sender that took the row over has written (above all, never turn `sent` back
+    into `pending`).
     """
     # INSERT … SELECT … WHERE EXISTS: a row erased while it was being sent records nothing.
     attempt = sa.select(sa.literal(outbox_id), sa.literal(now, type_=_attempt.c.attempted_at.type),
@@ -307,20 +344,21 @@ def finish_attempt(
         values["next_attempt_at"] = next_attempt_at
     session.execute(
         sa.update(_outbox)
-        .where(_outbox.c.id == outbox_id, _outbox.c.status == OutboxStatus.SENDING)
+        .where(_outbox.c.id == outbox_id, *_still_ours(lease))
         .values(**values)
     )
 
 
 def hold_claimed(
-    session: Session, *, outbox_ids: Collection[int], errcode: int | None
+    session: Session, *, outbox_ids: Collection[int], errcode: int | None,
+    lease: datetime | None = None,
 ) -> None:
     """Hold leased rows unsent, because the member's window or budget is already known closed."""
     if not outbox_ids:
         return
     session.execute(
         sa.update(_outbox)
-        .where(_outbox.c.id.in_(list(outbox_ids)), _outbox.c.status == OutboxStatus.SENDING)
+        .where(_outbox.c.id.in_(list(outbox_ids)), *_still_ours(lease))
         .values(status=OutboxStatus.HELD, lease_until=None, last_errcode=errcode)
     )
 
@@ -339,21 +377,22 @@ def enqueue_notice(
 
 
 def finish_merged(
-    session: Session, *, carrier_id: int, merged_ids: Collection[int], now: datetime
+    session: Session, *, carrier_id: int, merged_ids: Collection[int], now: datetime,
+    lease: datetime | None = None,
 ) -> None:
     """Several rows went out as ONE message: the carrier's attempt is the send, the others
     record that they were merged into it; all are sent together, in one transaction."""
     finish_attempt(session, outbox_id=carrier_id, now=now, outcome="sent",
-                   status=OutboxStatus.SENT, errcode=0)
+                   status=OutboxStatus.SENT, errcode=0, lease=lease)
     for outbox_id in merged_ids:
         finish_attempt(session, outbox_id=outbox_id, now=now, outcome="merged",
                        status=OutboxStatus.SENT, errcode=0,
-                       errmsg=f"merged into the message of outbox {carrier_id}")
+                       errmsg=f"merged into the message of outbox {carrier_id}", lease=lease)
 
 
 def hold_unless_written(
     session: Session, *, outbox_ids: Collection[int], member_id: int,
-    seen_message_at: datetime | None, errcode: int | None,
+    seen_message_at: datetime | None, errcode: int | None, lease: datetime | None = None,
 ) -> bool:
     """Hold leased rows, unless the member wrote since we judged their window (then they are due).
 
@@ -368,7 +407,7 @@ def hold_unless_written(
     values["status"] = OutboxStatus.PENDING if wrote else OutboxStatus.HELD
     session.execute(
         sa.update(_outbox)
-        .where(_outbox.c.id.in_(list(outbox_ids)), _outbox.c.status == OutboxStatus.SENDING)
+        .where(_outbox.c.id.in_(list(outbox_ids)), *_still_ours(lease))
         .values(**values)
     )
     return not wrote

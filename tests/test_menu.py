@@ -49,16 +49,18 @@ api_base_url = "{fake_wecom_api.base_url}"
     assert f"WeCom app {AGENT_ID}: menu set" in out
     assert fake_api.menu == fake_wecom_api.menus[AGENT_ID]
     keys = [b["key"] for top in fake_api.menu for b in top.get("sub_button", [top])]
-    assert keys == ["card", "find", "requests", "invite", "help"]
+    assert keys == ["名片", "找", "待处理", "邀请", "帮助"]
 
 
-async def test_a_menu_tap_runs_its_command_without_deciding_the_language(db_url: str) -> None:
+async def test_every_menu_tap_runs_its_command_in_chinese(db_url: str) -> None:
+    from handlers.menu import MENU
     from tests.botkit import event
 
     async with running_bot(make_config(db_url)) as bot:
-        card = await event(bot, "o_tap", "CLICK", key="card")
-        assert card.startswith("你的名片") or card.startswith("我的名片"), card
-        assert (await event(bot, "o_tap", "CLICK", key="help")).startswith("可用命令")
+        for button in MENU:
+            answer = await event(bot, "o_tap", "CLICK", key=button.command)
+            assert not answer.startswith(("抱歉", "Sorry")) and "没看懂" not in answer, (button, answer)
+        assert (await event(bot, "o_tap", "CLICK", key="帮助")).startswith("可用命令")
 
 
 async def test_menu_push_without_a_platform_says_what_to_configure(tmp_path: Path) -> None:

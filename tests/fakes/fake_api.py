@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ class Call:
     body: Any
     raw: bytes = b""
     errcode: int | None = None
+    answered: bool = False  # the fake has sent its answer (False: still in flight)
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
     @property
     def ok(self) -> bool:
@@ -71,6 +74,8 @@ class FakeWeChatAPI:
     template_repeats: int = 0  # template sends WeChat dropped as repeats of a client_msg_id
     base_url: str = ""
     menu: list[Any] | None = None  # the last menu set
+    # Seconds each customer-service send takes to answer, as a slow WeChat (or a long way) would.
+    latency: float = 0.0
     _valid_tokens: set[str] = field(default_factory=set)
     _expired_tokens: set[str] = field(default_factory=set)
     _script: dict[str, deque[_Failure]] = field(default_factory=lambda: defaultdict(deque))
@@ -120,6 +125,10 @@ class FakeWeChatAPI:
         self._valid_tokens.clear()
 
     # -- reading ----------------------------------------------------------------------------
+
+    def in_flight(self) -> list[Call]:
+        """Calls received and not answered yet."""
+        return [c for c in self.calls if not c.answered]
 
     def calls_to(self, path: str) -> list[Call]:
         """Every call of one path, in order."""
@@ -172,6 +181,14 @@ class FakeWeChatAPI:
         call = Call(path=request.path, query=dict(request.query), body=body, raw=raw)
         self.calls.append(call)
         self._changed.set()
+        try:
+            if self.latency and request.path == CUSTOM_SEND_PATH:
+                await asyncio.sleep(self.latency)
+            return await self._respond(request, call)
+        finally:
+            call.answered = True
+
+    async def _respond(self, request: web.Request, call: Call) -> web.StreamResponse:
         handler = self._routes().get(request.path)
         if handler is None:
             self.unknown_paths.append(request.path)

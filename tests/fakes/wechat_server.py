@@ -117,7 +117,10 @@ class FakeWeChatServer:
     mode: str = "plain"  # plain | compat | safe
     clock: Callable[[], float] = time.time
     random16: Callable[[], bytes] = lambda: os.urandom(16)
-    _nonces: "itertools.count[int]" = field(default_factory=lambda: itertools.count(100000))
+    # Random per fake, as WeChat's nonces are: two fakes pushing to workers that share one
+    # database (and its memory of plain-mode nonces) must not send the same ones.
+    _nonces: "itertools.count[int]" = field(
+        default_factory=lambda: itertools.count(100_000_000 + secrets.randbelow(800_000_000)))
     # Random per fake, as WeChat's ids are unique: a restarted bot must not see old ids reused.
     _msg_ids: "itertools.count[int]" = field(
         default_factory=lambda: itertools.count(secrets.randbits(56) + (1 << 60)))
