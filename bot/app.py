@@ -98,6 +98,7 @@ def handler_settings(config: Config) -> Settings:
         qr_invites=config.wechat.api_configured,
         deletion_grace=timedelta(days=config.privacy.deletion_grace_days),
         default_timezone=config.scheduler.timezone,
+        linking=config.wecom.enabled,
     )
 
 

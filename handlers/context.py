@@ -23,6 +23,9 @@ class Settings:
     qr_invites: bool = False  # True when the WeChat API is configured
     deletion_grace: timedelta = timedelta(days=7)
     default_timezone: str = "Asia/Shanghai"  # scheduler.timezone: digests of members who set none
+    # Whether members can link two platforms' accounts: both the Official Account and the
+    # WeCom app are set up in this community.
+    linking: bool = False
     # Introductions (PRODUCT.md, Introductions): limits and how long a step waits.
     intro_max_open: int = 3  # open requests per requester
     intro_connector_weekly: int = 5  # requests a connector is asked to pass on, rolling 7 days

@@ -28,6 +28,8 @@ def link_command(ctx: Context, args: str) -> Reply:
     platform = ctx.identity.platform
     if platform not in LINKABLE:
         return TextReply(ctx.t("link_not_here"))
+    if not ctx.settings.linking:
+        return TextReply(ctx.t("link_not_set_up"))
     typed, _ = split_first(args)
     mid = ctx.member.id or 0
     if not typed:
@@ -38,7 +40,7 @@ def link_command(ctx: Context, args: str) -> Reply:
                    for lang in sorted(LANGS, key=lambda lang: lang != ctx.lang)]
         minutes = int(linking.CODE_TTL.total_seconds() // 60)
         return TextReply(ctx.t("link_code", code=code, minutes=minutes, phrases="\n".join(phrases)))
-    owner_id = linking.take_code(ctx.session, code=invites.clean_code(typed), now=ctx.now)
+    owner_id = linking.code_owner(ctx.session, code=invites.clean_code(typed), now=ctx.now)
     owner = members.by_id(ctx.session, member_id=owner_id) if owner_id is not None else None
     if owner is None or owner.status != MemberStatus.ACTIVE or owner.merged_into is not None:
         return TextReply(ctx.t("link_unknown"))

@@ -65,10 +65,13 @@ def new_code(session: Session, *, member_id: int, now: datetime) -> str:
             return code
 
 
-def take_code(session: Session, *, code: str, now: datetime) -> int | None:
-    """Use a code once: the member who asked for it, or None when it is unknown or expired."""
-    row = session.execute(sa.delete(_code).where(_code.c.code == code).returning(
-        _code.c.member_id, _code.c.expires_at)).first()
+def code_owner(session: Session, *, code: str, now: datetime) -> int | None:
+    """The member who asked for this code, or None when it is unknown or expired.
+
+    A code is used up by the link it makes (merge deletes it), not by a failed attempt.
+    """
+    row = session.execute(sa.select(_code.c.member_id, _code.c.expires_at).where(_code.c.code == code)
+                          .with_for_update()).first()
     if row is None or row.expires_at <= now:
         return None
     return int(row.member_id)

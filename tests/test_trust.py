@@ -402,3 +402,4 @@ async def test_time_zone_is_set_shown_and_used_by_digests(db_url: str) -> None:
         assert not [m for m in await queued(bot, "ann") if "weekly digest" in m]
         await run(bot, "digests", datetime(2026, 3, 2, 8, 7, tzinfo=UTC))  # 09:07 in Berlin
         assert [m for m in await queued(bot, "ann") if "weekly digest" in m]
+

@@ -313,6 +313,7 @@ TEXTS: dict[str, str] = {
     "summary_link": "link my Official Account and WeCom accounts into one member",
     "link_phrase": "link {code}",
     "link_code": "Your link code: {code} (valid {minutes} minutes, once). On your other account (the Official Account or WeCom), send either line:\n\n{phrases}\n\nBoth accounts then share one card, one network and one language.",
+    "link_not_set_up": "Linking joins your Official Account and WeCom accounts, but this community has no WeCom app yet, so there is nothing to link.",
     "link_not_here": "Linking joins your Official Account and WeCom accounts; it does not work in this chat.",
     "link_already": "Your Official Account and WeCom accounts are already linked. Nothing changed.",
     "link_unknown": "That link code does not work (they last 10 minutes and work once). Send link on your other account for a new one.",
