@@ -292,7 +292,8 @@ class Dispatcher:
         if late and member.status == MemberStatus.ERASED:
             late = False  # the member erased themselves; a late reply has nobody to reach
         if away and not late and member.status == MemberStatus.ACTIVE:
-            reply, taken = with_away(reply, [(h.priority, h.reply) for h in away],
+            away = [h for h in away if _readable(h.payload)]  # the sender fails unreadable rows
+            reply, taken = with_away(reply, [(h.priority, reply_from_json(h.payload)) for h in away],
                                      member.lang or DEFAULT_LANG, more=released - len(away))
             # Delivered with this answer, in this transaction: never sent again by the outbox.
             outbox.mark_passive(session, outbox_ids=[h.id for h in away[:taken]], now=now)
@@ -326,8 +327,8 @@ class Dispatcher:
         identity = members.get(session, platform=event.platform, openid=event.member_id)
         member = members.acting(session, identity=identity) if identity is not None else None
         if member is not None and member.id is not None:
-            outbox.enqueue(session, member_id=member.id, reply=reply, now=self.clock.now(),
-                           priority=outbox.PRIORITY_REPLY, mentions=shown)
+            tell(session, member_id=member.id, reply=reply, now=self.clock.now(),
+                 priority=outbox.PRIORITY_REPLY, mentions=shown)
             pushes.finish(session, key=event.dedupe_key, reply=reply_to_json(NoReply()))
 
     def _member_lock(self, event: InboundEvent) -> "_MemberLock":
@@ -351,3 +352,12 @@ class _MemberLock:
         if self.d._lock_users[self.key] == 0:
             del self.d._lock_users[self.key]
             del self.d._member_locks[self.key]
+
+
+def _readable(payload: str) -> bool:
+    """Whether an outbox payload is one of our replies (a broken row is the sender's to record)."""
+    try:
+        reply_from_json(payload)
+    except (ValueError, KeyError, TypeError):
+        return False
+    return True

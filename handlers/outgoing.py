@@ -10,17 +10,25 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from handlers.replies import Reply
+from collections.abc import Collection
+
+from handlers.replies import ChoicesReply, NoReply, Reply, reply_to_json
 from handlers.visibility import shown_to
 from storage import outbox
 
 
 def tell(session: Session, *, member_id: int, reply: Reply, now: datetime,
-         priority: int = outbox.PRIORITY_DECISION, key: str | None = None) -> bool:
-    """Queue `reply` for `member_id` in this transaction; False when `key` was queued before.
+         priority: int = outbox.PRIORITY_DECISION, key: str | None = None,
+         mentions: Collection[int] = ()) -> bool:
+    """Queue `reply` for `member_id` in this transaction; False when nothing was queued
+    (nothing to say, or `key` was queued before).
 
-    The members whose card data the recipient was shown in this transaction are recorded as
-    mentioned, so that erasing any of them redacts the message.
+    The members whose card data the recipient was shown in this transaction (and any given
+    in `mentions`) are recorded as mentioned, so that erasing one of them redacts the message.
     """
-    return outbox.enqueue(session, member_id=member_id, reply=reply, now=now, priority=priority,
-                          dedupe_key=key, mentions=shown_to(session, member_id))
+    if isinstance(reply, NoReply):
+        return False
+    return outbox.enqueue(session, member_id=member_id,
+                          kind="choices" if isinstance(reply, ChoicesReply) else "text",
+                          payload=reply_to_json(reply), now=now, priority=priority, dedupe_key=key,
+                          mentions=set(mentions) | shown_to(session, member_id))

@@ -11,7 +11,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from handlers.replies import ChoicesReply, NoReply, Reply, reply_from_json, reply_to_json
 from storage.budget import last_message_at, notice_key, notice_payload
 from storage.models import Member, OutboxAttempt, OutboxMention, OutboxMessage, OutboxStatus
 from storage.sql import RawStatement, dialect, insert_ignore_returning, to_db
@@ -42,23 +41,20 @@ def enqueue(
     session: Session,
     *,
     member_id: int,
-    reply: Reply,
+    kind: str,
+    payload: str,
     now: datetime,
     priority: int = PRIORITY_DECISION,
     dedupe_key: str | None = None,
     mentions: Collection[int] = (),
 ) -> bool:
-    """Queue a message for a member; False when nothing was queued (empty, or key seen before).
+    """Queue a message (`payload`, JSON of its `kind`) for a member; False when the key was seen.
 
     `mentions` are the other members whose card data the message shows (see erase_mentions).
+    Handlers and jobs queue through handlers.outgoing.tell, which writes the payload.
     """
-    if isinstance(reply, NoReply):
-        return False
-    return _queue(
-        session, member_id=member_id, kind="choices" if isinstance(reply, ChoicesReply) else "text",
-        payload=reply_to_json(reply), now=now, priority=priority, dedupe_key=dedupe_key,
-        mentions=mentions,
-    )
+    return _queue(session, member_id=member_id, kind=kind, payload=payload, now=now,
+                  priority=priority, dedupe_key=dedupe_key, mentions=mentions)
 
 
 def _queue(
@@ -419,7 +415,7 @@ class HeldMessage:
 
     id: int
     priority: int
-    reply: Reply
+    payload: str  # JSON of a text or choices reply
 
 
 # Runs on every message a member sends, so it is prebuilt (see RawStatement).
@@ -431,13 +427,8 @@ _HELD_FOR_AWAY = RawStatement(
 
 def held_for_away(session: Session, *, member_id: int, limit: int) -> list[HeldMessage]:
     """The member's most important held text/choices rows (priority, then age)."""
-    found = []
-    for row_id, priority, payload in _HELD_FOR_AWAY.execute(session, (member_id, limit)).fetchall():
-        try:
-            found.append(HeldMessage(id=row_id, priority=priority, reply=reply_from_json(payload)))
-        except (ValueError, KeyError, TypeError):
-            continue  # the sender records an unreadable row as failed
-    return found
+    return [HeldMessage(id=row_id, priority=priority, payload=payload)
+            for row_id, priority, payload in _HELD_FOR_AWAY.execute(session, (member_id, limit)).fetchall()]
 
 
 def mark_passive(session: Session, *, outbox_ids: Collection[int], now: datetime) -> None:

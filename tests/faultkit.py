@@ -20,8 +20,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from handlers.outgoing import tell
 from handlers.replies import TextReply, as_plain_text, reply_from_json
-from storage import members, outbox
+from storage import members
 from storage.db import Database
 from storage.models import OutboxMessage, OutboxStatus
 from tests.fakes.fake_api import APP_ID, APP_SECRET, CUSTOM_SEND_PATH, FakeWeChatAPI
@@ -136,7 +137,7 @@ def fill_outbox(db: Database, *, messages: int, prefix: str) -> list[str]:
         for n, body in enumerate(texts):
             member = members.touch(s, platform="oa", openid=f"o_kill_{n:04d}", now=now,
                                    user_message=True, event=False)
-            outbox.enqueue(s, member_id=member.id, reply=TextReply(body), now=now)
+            tell(s, member_id=member.id, reply=TextReply(body), now=now)
     return texts
 
 

@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from scheduler.clock import FixedClock
 from bot.config import ConfigError, load_config
 from bot.dispatcher import Dispatcher
 from bot.outbox import OutboxSender, merge_replies
 from bot.platforms.official_account.api import WeChatAPI
 from handlers.events import EventKind, InboundEvent
+from handlers.outgoing import tell
 from handlers.replies import Choice, ChoicesReply, Reply, TextReply, as_plain_text
+from scheduler.clock import FixedClock
 from storage import members, outbox
 from storage.db import Database
 from storage.models import OutboxAttempt, OutboxMessage, OutboxStatus
@@ -96,7 +97,7 @@ def add_member(db: Database, fake: FakeWeChatAPI, openid: str, *, at: datetime =
 def queue(db: Database, member_id: int, reply: Reply, priority: int, *,
           at: datetime = NOW) -> None:
     with db.session() as s:
-        assert outbox.enqueue(s, member_id=member_id, reply=reply, now=at, priority=priority)
+        assert tell(s, member_id=member_id, reply=reply, now=at, priority=priority)
 
 
 def decision(n: int) -> ChoicesReply:

@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from bot.config import ConfigError, load_config
+from handlers.outgoing import tell
 from storage import pushes
 from storage.db import Database
 from storage.models import InboundPush
@@ -312,7 +313,7 @@ def test_chat_in_the_terminal(tmp_path: Path) -> None:
 
 async def test_chat_shows_messages_queued_for_the_member(db_url: str) -> None:
     from handlers.replies import Choice, ChoicesReply
-    from storage import members, outbox
+    from storage import members
     from storage.models import OutboxMessage
 
     env = {"YINJIAN_STORAGE__URL": db_url}
@@ -323,7 +324,7 @@ async def test_chat_shows_messages_queued_for_the_member(db_url: str) -> None:
         bob = members.get(s, platform="chat", openid="bob")
         assert bob is not None and bob.id is not None
         now = datetime.now(timezone.utc)
-        outbox.enqueue(s, member_id=bob.id, now=now, reply=ChoicesReply(
+        tell(s, member_id=bob.id, now=now, reply=ChoicesReply(
             "Carol would like an introduction.", (Choice("accept 12", "accept 12"),
                                                   Choice("decline 12", "decline 12"))))
     shown = await asyncio.to_thread(run, "chat", "--user", "bob", env=env, stdin="")

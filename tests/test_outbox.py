@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from scheduler.clock import FixedClock
 from bot.outbox import OutboxSender
 from bot.platforms.official_account.api import WeChatAPI
+from handlers.outgoing import tell
 from handlers.replies import Choice, ChoicesReply, Reply, TextReply
+from scheduler.clock import FixedClock
 from storage import members, outbox
 from storage.db import Database
 from storage.models import OutboxAttempt, OutboxMessage, OutboxStatus
@@ -83,7 +84,7 @@ def queue(
     if isinstance(reply, str):
         reply = TextReply(reply)
     with db.session() as s:
-        assert outbox.enqueue(s, member_id=member_id, reply=reply, now=NOW, priority=priority)
+        assert tell(s, member_id=member_id, reply=reply, now=NOW, priority=priority)
 
 
 def rows(db: Database) -> list[OutboxMessage]:
@@ -355,14 +356,14 @@ async def test_crash_between_claim_and_send_loses_nothing(
 _ENQUEUE_AND_DIE = textwrap.dedent("""
     import sys, threading
     from datetime import UTC, datetime
+    from handlers.outgoing import tell
     from handlers.replies import TextReply
-    from storage import outbox
     from storage.db import Database
 
     db = Database(sys.argv[1])
     with db.session() as s:
-        outbox.enqueue(s, member_id=int(sys.argv[2]), reply=TextReply("queued, then killed"),
-                       now=datetime(2026, 3, 2, 8, 0, tzinfo=UTC))
+        tell(s, member_id=int(sys.argv[2]), reply=TextReply("queued, then killed"),
+             now=datetime(2026, 3, 2, 8, 0, tzinfo=UTC))
     print("committed", flush=True)
     threading.Event().wait()  # the sender would run now; SIGKILL comes first
 """)

@@ -9,6 +9,7 @@ import aiohttp
 import sqlalchemy as sa
 from sqlmodel import SQLModel
 
+from handlers.outgoing import tell
 from scheduler.clock import FixedClock
 from scheduler.jobs import JOBS
 from storage.db import Database
@@ -156,10 +157,10 @@ async def test_delete_me_drops_unsent_digests_that_may_name_the_member(db_url: s
             bob = member_store.get(s, platform="oa", openid="bob")
             carol = member_store.get(s, platform="oa", openid="carol")
             assert bob is not None and carol is not None
-            outbox.enqueue(s, member_id=bob.id, reply=TextReply(f"New in your network: {SECRET_NAME}"),
-                           now=T0, priority=outbox.PRIORITY_DIGEST, dedupe_key=f"digest:{bob.id}:2026-W10")
-            outbox.enqueue(s, member_id=carol.id, reply=TextReply("Nothing about anyone"),
-                           now=T0, priority=outbox.PRIORITY_DIGEST, dedupe_key=f"digest:{carol.id}:2026-W10")
+            tell(s, member_id=bob.id, reply=TextReply(f"New in your network: {SECRET_NAME}"),
+                           now=T0, priority=outbox.PRIORITY_DIGEST, key=f"digest:{bob.id}:2026-W10")
+            tell(s, member_id=carol.id, reply=TextReply("Nothing about anyone"),
+                           now=T0, priority=outbox.PRIORITY_DIGEST, key=f"digest:{carol.id}:2026-W10")
         await say(bot, "zelda", "delete me confirm")
         assert await traces(bot.services.db, [SECRET_NAME]) == []
         with bot.services.db.session() as s:

@@ -16,6 +16,7 @@ from sqlmodel import col
 
 from handlers import core
 from handlers.context import Context
+from handlers.outgoing import tell
 from handlers.replies import Reply, TextReply
 from storage.models import InboundPush, Member, OutboxMessage
 from tests.botkit import RunningBot, make_config, running_bot
@@ -503,7 +504,6 @@ async def test_failing_handler_apologises_and_the_next_push_works(db_url: str) -
 
 
 async def test_held_messages_are_released_by_the_members_next_message(db_url: str) -> None:
-    from storage import outbox
 
     async with running_bot(make_config(db_url), mode="plain") as bot:
         await say(bot, "o_held", "help")
@@ -512,7 +512,7 @@ async def test_held_messages_are_released_by_the_members_next_message(db_url: st
         now = bot.services.clock.now()
         with bot.services.db.session() as s:
             for n in range(1, 5):
-                outbox.enqueue(s, member_id=m.id, reply=TextReply(f"later {n}"), now=now)
+                tell(s, member_id=m.id, reply=TextReply(f"later {n}"), now=now)
             s.execute(sa.update(OutboxMessage).values(status="held"))
         # The three most important ride on the answer ("while you were away…"); the rest is due.
         answer = await say(bot, "o_held", "help")
